@@ -1,0 +1,61 @@
+"""Generated test images: a woven texture with a random shift, and the same with a drawn defect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 256
+
+
+def texture(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """A regular woven pattern (two gratings), randomly shifted, with mild noise: uint8 [H, W, 3]."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    dx, dy = rng.uniform(0, 16, size=2)
+    weave = 0.5 + 0.25 * np.sin((xx + dx) * 2 * np.pi / 16) + 0.25 * np.sin((yy + dy) * 2 * np.pi / 16)
+    base = np.stack([0.35 + 0.4 * weave, 0.30 + 0.35 * weave, 0.20 + 0.3 * weave], axis=-1)
+    base += rng.normal(0, 0.02, size=base.shape)
+    return (np.clip(base, 0, 1) * 255).astype(np.uint8)
+
+
+def add_defect(image: np.ndarray, rng: np.random.Generator, kind: str = "scratch") -> tuple[np.ndarray, np.ndarray]:
+    """Draw a scratch or blob somewhere away from the border; returns (image, boolean mask of changed pixels)."""
+    size = image.shape[0]
+    canvas = Image.fromarray(image)
+    mask = Image.new("L", canvas.size, 0)
+    draw, mdraw = ImageDraw.Draw(canvas), ImageDraw.Draw(mask)
+    cx, cy = rng.integers(size // 4, 3 * size // 4, size=2)
+    if kind == "scratch":
+        angle = rng.uniform(0, np.pi)
+        length = size // 4
+        x0, y0 = cx - length * np.cos(angle) / 2, cy - length * np.sin(angle) / 2
+        x1, y1 = cx + length * np.cos(angle) / 2, cy + length * np.sin(angle) / 2
+        draw.line([(x0, y0), (x1, y1)], fill=(240, 240, 235), width=5)
+        mdraw.line([(x0, y0), (x1, y1)], fill=255, width=5)
+    else:
+        r = size // 14
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(25, 20, 60))
+        mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    return np.asarray(canvas), np.asarray(mask) > 0
+
+
+def write_mvtec_folder(root: Path, n_train: int = 14, n_test_good: int = 4, n_test_defect: int = 4,
+                       seed: int = 0) -> Path:
+    """An mvtec-layout folder of generated textures: train/good, test/{good,scratch,blob}, ground_truth masks."""
+    rng = np.random.default_rng(seed)
+    (root / "train" / "good").mkdir(parents=True)
+    for i in range(n_train):
+        Image.fromarray(texture(rng)).save(root / "train" / "good" / f"{i:03d}.png")
+    (root / "test" / "good").mkdir(parents=True)
+    for i in range(n_test_good):
+        Image.fromarray(texture(rng)).save(root / "test" / "good" / f"{i:03d}.png")
+    for kind in ("scratch", "blob"):
+        (root / "test" / kind).mkdir(parents=True)
+        (root / "ground_truth" / kind).mkdir(parents=True)
+        for i in range(n_test_defect // 2):
+            image, mask = add_defect(texture(rng), rng, kind)
+            Image.fromarray(image).save(root / "test" / kind / f"{i:03d}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ground_truth" / kind / f"{i:03d}_mask.png")
+    return root

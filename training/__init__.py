@@ -1,0 +1,1 @@
+"""Training glue: datasets, fitting, evaluation and publishing command lines."""

@@ -1,0 +1,56 @@
+"""Model card (bundle README.md with Hugging Face YAML front matter), regenerated from bundle.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from xai.bundle import read_meta
+
+
+def _front_matter(meta: dict) -> str:
+    data = meta.get("data", {})
+    metrics = meta.get("metrics", {})
+    lines = ["---", f"license: {data.get('license') or 'other'}", "library_name: defect-xai", "tags:"]
+    lines += [f"  - {t}" for t in ("anomaly-detection", "visual-inspection", "explainable-ai", "patchcore",
+                                  "image-classification")]
+    if data.get("name"):
+        lines += ["datasets:", f"  - {data['name']}"]
+    names = sorted({k for comp in metrics.values() if isinstance(comp, dict) for k in comp
+                    if k in ("image_auroc", "pixel_auroc", "aupro", "f1", "accuracy")})
+    if names:
+        lines += ["metrics:"] + [f"  - {n}" for n in names]
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def render_card(meta: dict) -> str:
+    """Markdown card: what the bundle is, its data and licence, its threshold rule and its measured metrics."""
+    category = meta.get("category", "?")
+    comps = meta.get("components", {})
+    data = meta.get("data", {})
+    parts = [_front_matter(meta), "", f"# defect-xai bundle: {category}", "",
+             "Models for the defect-xai explainable visual inspection app: a PatchCore-style anomaly detector "
+             f"on a frozen ImageNet {meta.get('trunk', {}).get('name', '')} trunk"
+             + (" and classification heads" if len(comps) > 1 else "") + ".", "",
+             "## Components", ""]
+    for name, comp in comps.items():
+        fit = comp.get("fit", {})
+        parts.append(f"- **{name}**: threshold {comp.get('threshold', float('nan')):.4f} "
+                     f"({comp.get('threshold_rule', '')}); fitted on {fit.get('n_images', '?')} images, "
+                     f"memory bank {fit.get('bank_size', '?')} patches.")
+    parts += ["", "## Training data", "",
+              f"- layout `{data.get('layout', '?')}`, dataset `{data.get('name', '?')}`, licence "
+              f"`{data.get('license') or 'unknown'}`" + (f"; cite: {data['citation']}" if data.get("citation") else ""),
+              ""]
+    if meta.get("metrics"):
+        parts += ["## Evaluation (`python -m training.evaluate`)", "", "```json",
+                  json.dumps(meta["metrics"], indent=2), "```", ""]
+    parts += ["## Use", "", "```python", "from xai.inspector import Inspector",
+              "inspector = Inspector.from_source('PATH_OR_REPO_ID')", "print(inspector.detect('part.png').to_json())",
+              "```", ""]
+    return "\n".join(parts)
+
+
+def write_card(folder: Path) -> None:
+    (Path(folder) / "README.md").write_text(render_card(read_meta(Path(folder))))

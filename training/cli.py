@@ -1,0 +1,48 @@
+"""Shared command-line plumbing: one clear line on stderr and a non-zero exit for every expected failure."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from training.data import DataError, Sample
+from xai.backbone import MissingWeightsError
+from xai.bundle import BundleError
+from xai.io import ImageInputError, load_image
+
+EXPECTED_ERRORS = (DataError, ImageInputError, BundleError, MissingWeightsError, FileNotFoundError)
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Call `main(argv)`; expected failures print `error: <one line>` and return exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except EXPECTED_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def load_sample_image(sample: Sample):
+    """The sample's RGB image; an unreadable file raises DataError naming it."""
+    try:
+        return load_image(sample.path)
+    except ImageInputError as exc:
+        raise DataError(f"{sample.path}: {exc}") from None
+
+
+def progress(items: Iterable, desc: str, total: int | None = None, unit: str = "img"):
+    """A tqdm progress bar on stderr (the project's one style of progress on the command line)."""
+    return tqdm(items, desc=desc, total=total, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+
+def relative_name(path: Path, root: str) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,160 @@
+"""Bundles: one folder (or Hub model repo) holding bundle.json, safetensors weights, the FAISS index, a card.
+
+`load(source)` takes a local folder or a Hub repo id (`org/name[@revision][/subfolder]`) and goes through
+`huggingface_hub.snapshot_download`, so an offline, populated cache (`HF_HUB_OFFLINE=1`) works as on a Space.
+Nothing here unpickles: tensors are safetensors, the index is FAISS's own format, metadata is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+BUNDLE_JSON = "bundle.json"
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be found or read; the message names it and says how to fix it."""
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its folder and its parsed bundle.json."""
+
+    path: Path
+    meta: dict
+    source: str = ""
+
+    @property
+    def category(self) -> str:
+        return self.meta.get("category", self.path.name)
+
+    def components(self) -> list[str]:
+        return list(self.meta.get("components", {}))
+
+    def file(self, name: str) -> Path:
+        path = self.path / name
+        if not path.is_file():
+            raise BundleError(
+                f"Bundle {self.source or self.path} lacks {name}; re-run the training script that writes it.")
+        return path
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.file(name)))
+
+
+def parse_source(source: str) -> tuple[str, str | None, str | None]:
+    """`org/name[@revision][/sub/folder]` -> (repo_id, revision, subfolder)."""
+    match = re.fullmatch(r"([\w.-]+/[\w.-]+?)(?:@([\w./-]+?))?(?:/([\w./-]+))?", source.strip())
+    if not match:
+        raise BundleError(f"{source!r} is neither a local bundle folder nor a Hub repo id like org/name[@rev][/sub].")
+    repo_id, revision, subfolder = match.groups()
+    if revision and "/" in revision and subfolder is None:
+        revision, subfolder = revision.split("/", 1)
+    return repo_id, revision, subfolder
+
+
+def resolve(source: str | Path, revision: str | None = None, subfolder: str | None = None) -> tuple[Path, str]:
+    """Local folder for `source`: the folder itself, or a Hub snapshot fetched (or found offline) by huggingface_hub."""
+    local = Path(source)
+    if local.is_dir():
+        folder = local / subfolder if subfolder else local
+        return folder, str(folder)
+    repo_id, parsed_rev, parsed_sub = parse_source(str(source))
+    revision, subfolder = revision or parsed_rev, subfolder or parsed_sub
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    label = repo_id + (f"@{revision}" if revision else "") + (f"/{subfolder}" if subfolder else "")
+    try:
+        snapshot = snapshot_download(repo_id, revision=revision,
+                                     allow_patterns=[f"{subfolder}/**"] if subfolder else None)
+    except LocalEntryNotFoundError:
+        raise BundleError(
+            f"Bundle {label} is not in the local Hugging Face cache and the Hub cannot be reached "
+            "(offline or HF_HUB_OFFLINE=1). Connect and retry, or build it with training.fit_patchcore "
+            "and point DEFECT_XAI_BUNDLES at the folder."
+        ) from None
+    except RepositoryNotFoundError:
+        raise BundleError(f"Hub repo {repo_id} does not exist or is private (set HF_TOKEN if it is yours).") from None
+    except HfHubHTTPError as exc:
+        raise BundleError(f"Could not download bundle {label}: {exc}.") from None
+    folder = Path(snapshot) / subfolder if subfolder else Path(snapshot)
+    return folder, label
+
+
+def load(source: str | Path, revision: str | None = None, subfolder: str | None = None) -> Bundle:
+    """Open a bundle from a local folder or the Hub (see module docstring); weights load lazily."""
+    folder, label = resolve(source, revision, subfolder)
+    meta_path = folder / BUNDLE_JSON
+    if not meta_path.is_file():
+        raise BundleError(f"{label} is not a defect-xai bundle: it has no {BUNDLE_JSON}.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{label}/{BUNDLE_JSON} is not valid JSON ({exc}).") from None
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise BundleError(f"{label} has bundle format {meta['format_version']}; upgrade defect-xai to read it.")
+    return Bundle(folder, meta, label)
+
+
+def read_meta(folder: Path) -> dict:
+    """bundle.json of a bundle being written (an empty skeleton for a new folder)."""
+    path = folder / BUNDLE_JSON
+    return json.loads(path.read_text()) if path.is_file() else {"format_version": FORMAT_VERSION, "components": {}}
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+
+
+def save_tensors(folder: Path, name: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / name),
+              metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+
+# -- the PatchCore component ---------------------------------------------------------------------
+PATCHCORE_WEIGHTS = "patchcore.safetensors"
+PATCHCORE_INDEX = "patchcore.faiss"
+
+
+def save_patchcore(folder: Path, model, info: dict) -> None:
+    """Write the detector's tensors and FAISS index and register it (config + `info`) in bundle.json."""
+    import faiss
+
+    save_tensors(folder, PATCHCORE_WEIGHTS, {
+        "layer_scales": model.layer_scales, "memory_bank": model.memory_bank, "bank_source": model.bank_source,
+    })
+    model.ensure_index()
+    faiss.write_index(model.index, str(folder / PATCHCORE_INDEX))
+    meta = read_meta(folder)
+    meta.setdefault("components", {})["patchcore"] = {
+        "config": model.config.to_dict(), "weights": PATCHCORE_WEIGHTS, "index": PATCHCORE_INDEX, **info,
+    }
+    write_meta(folder, meta)
+
+
+def load_patchcore(bundle: Bundle):
+    """The bundle's PatchCore model with its stored FAISS index (FAISS's own format, not a pickle)."""
+    import faiss
+
+    from xai.patchcore import PatchCore, PatchCoreConfig
+
+    spec = bundle.meta.get("components", {}).get("patchcore")
+    if spec is None:
+        raise BundleError(f"Bundle {bundle.source} has no anomaly detector; run training.fit_patchcore on it.")
+    tensors = bundle.tensors(spec["weights"])
+    model = PatchCore(PatchCoreConfig.from_dict(spec["config"]), tensors["layer_scales"],
+                      tensors["memory_bank"], tensors["bank_source"])
+    model.index = faiss.read_index(str(bundle.file(spec["index"])))
+    if model.index.ntotal != len(model.memory_bank):
+        raise BundleError(f"Bundle {bundle.source}: {spec['index']} does not match the memory bank; refit it.")
+    return model
