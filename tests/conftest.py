@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# huggingface_hub reads these at import: the tests never reach the network and use their own cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="defect-xai-hub-cache-")
 
 BOTTLE = ROOT.parent / "shared" / "data" / "mvtec_ad" / "bottle"
 
@@ -38,4 +41,26 @@ def texture_bundle(texture_data, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "weave"
     fit(load_dataset("mvtec", texture_data), out, PatchCoreConfig(), log=lambda msg: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def binary_folder(tmp_path_factory) -> Path:
+    from synthetic import write_imagefolder
+
+    return write_imagefolder(tmp_path_factory.mktemp("folders") / "binary", classes=("good", "blob"))
+
+
+@pytest.fixture(scope="session")
+def classifier_bundle(binary_folder, tmp_path_factory) -> Path:
+    """Both heads trained briefly on an easy generated good-vs-blob task, plus PatchCore on the good class."""
+    from training.data import load_dataset
+    from training.fit_patchcore import fit
+    from training.train_classifier import TrainConfig, train
+    from xai.patchcore import PatchCoreConfig
+
+    out = tmp_path_factory.mktemp("bundles") / "binary"
+    dataset = load_dataset("imagefolder", binary_folder)
+    fit(dataset, out, PatchCoreConfig(), log=lambda msg: None)
+    train(dataset, out, ["cnn", "vit"], TrainConfig(epochs=6, patience=6, batch_size=8), log=lambda msg: None)
     return out

@@ -59,3 +59,17 @@ def write_mvtec_folder(root: Path, n_train: int = 14, n_test_good: int = 4, n_te
             Image.fromarray(image).save(root / "test" / kind / f"{i:03d}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ground_truth" / kind / f"{i:03d}_mask.png")
     return root
+
+
+def write_imagefolder(root: Path, per_class: int = 24, classes: tuple[str, ...] = ("good", "scratch", "blob"),
+                      seed: int = 0) -> Path:
+    """An imagefolder-layout dataset of generated textures: `good` plus one folder per defect kind."""
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            image = texture(rng)
+            if cls != "good":
+                image = add_defect(image, rng, cls)[0]
+            Image.fromarray(image).save(root / cls / f"{i:03d}.png")
+    return root

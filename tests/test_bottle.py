@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import BOTTLE
 
+from conftest import BOTTLE
 from training import evaluate, fit_patchcore
 from training.cli import run
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic import add_defect, texture
 
+from synthetic import add_defect, texture
 from xai.bundle import load, load_patchcore
 from xai.inspector import Inspector
 from xai.patchcore import PatchCore, PatchCoreConfig, gaussian_blur, gaussian_kernel1d

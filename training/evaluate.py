@@ -2,9 +2,9 @@
 
     python -m training.evaluate --data DIR --bundle BUNDLE --json OUT.json [--layout mvtec|imagefolder|elpv]
 
-PatchCore: image AUROC, F1 and accuracy at the bundle's stored threshold, ms per image (median of
-single-image detect calls, decoding included) and, where the test set has masks, pixel AUROC and AUPRO
-(FPR limit 0.3), all at the model's input resolution.
+Every component: image AUROC, F1 and accuracy at its stored threshold, ms per image (median over
+single-image detect calls: decoding, trunk and that component). PatchCore, where the test set has masks,
+adds pixel AUROC and AUPRO (FPR limit 0.3) at the model's input resolution; multi-class heads add macro F1.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sklearn.metrics import f1_score, roc_auc_score
 
 from training.card import write_card
 from training.cli import progress, run
@@ -47,29 +48,76 @@ def apply_split(dataset: Dataset, bundle_dir: Path) -> Dataset:
     return dataset
 
 
-def evaluate_patchcore(inspector: Inspector, dataset: Dataset) -> dict:
-    """Detection metrics for the PatchCore component on `dataset.test`."""
+PATCHCORE_PARTS = ("decode", "preprocess", "trunk", "features", "knn", "map")
+SHARED_PARTS = ("decode", "preprocess", "trunk")
+
+
+def run_detections(inspector: Inspector, dataset: Dataset) -> list:
+    """One detect() per test image (every component at once), with a progress bar."""
     if not dataset.test:
         raise DataError(f"{dataset.root} has no test images to evaluate on.")
+    return [inspector.detect(sample.path) for sample in progress(dataset.test, "evaluate")]
+
+
+def _ms(results: list, parts: tuple[str, ...]) -> float:
+    return round(statistics.median(sum(r.timings_ms.get(p, 0.0) for p in parts) for r in results), 2)
+
+
+def evaluate_patchcore(inspector: Inspector, dataset: Dataset, results: list) -> dict:
+    """Detection metrics for the PatchCore component on `dataset.test`."""
     size = inspector.input_size
-    has_masks = any(s.mask is not None for s in dataset.test)
-    scores, labels, times, maps, masks = [], [], [], [], []
-    for sample in progress(dataset.test, "evaluate"):
-        result = inspector.detect(sample.path)
-        scores.append(result.score)
-        labels.append(sample.is_defect)
-        times.append(result.timings_ms["total"])
-        if has_masks:
-            maps.append(result.anomaly_map.astype(np.float32))
-            masks.append(load_mask(sample.mask, size) if sample.is_defect else np.zeros((size, size), bool))
-    report = binary_report(np.array(labels), np.array(scores), inspector.threshold)
-    report["ms_per_image"] = round(statistics.median(times), 2)
-    report["threshold"] = inspector.threshold
-    if has_masks:
-        mask_arr, map_arr = np.stack(masks), np.stack(maps)
-        report["pixel_auroc"] = auroc(mask_arr, map_arr)
-        report["aupro"] = aupro(mask_arr, map_arr, fpr_limit=0.3)
+    labels = np.array([s.is_defect for s in dataset.test])
+    scores = np.array([r.scores["patchcore"] for r in results])
+    report = binary_report(labels, scores, inspector.thresholds["patchcore"])
+    report["ms_per_image"] = _ms(results, PATCHCORE_PARTS)
+    report["threshold"] = inspector.thresholds["patchcore"]
+    if any(s.mask is not None for s in dataset.test):
+        masks = np.stack([load_mask(s.mask if s.is_defect else None, size) for s in dataset.test])
+        maps = np.stack([r.anomaly_map for r in results])
+        report["pixel_auroc"] = auroc(masks, maps)
+        report["aupro"] = aupro(masks, maps, fpr_limit=0.3)
+    return _rounded(report)
+
+
+def evaluate_classifier(inspector: Inspector, dataset: Dataset, results: list, component: str) -> dict:
+    """Binary: AUROC of P(defect), F1/accuracy at the stored threshold. Multi-class adds top-1 accuracy and
+    macro F1 over all classes (and AUROC is normal-vs-rest, or macro one-vs-rest without a normal class)."""
+    labels = inspector.labels
+    index = {name: i for i, name in enumerate(labels)}
+    truth = np.array([index.get(s.label, -1) for s in dataset.test])
+    probs = np.array([[r.class_probabilities[component][c] for c in labels] for r in results])
+    report: dict = {}
+    if inspector.normal_index is not None:
+        is_defect = np.array([s.is_defect for s in dataset.test])
+        report.update(binary_report(is_defect, 1 - probs[:, inspector.normal_index], inspector.thresholds[component]))
+    if len(labels) > 2 or inspector.normal_index is None:
+        known = truth >= 0
+        pred = probs.argmax(1)
+        report["accuracy"] = float((pred[known] == truth[known]).mean())
+        report["macro_f1"] = float(f1_score(truth[known], pred[known], average="macro",
+                                            labels=list(range(len(labels))), zero_division=0))
+        if inspector.normal_index is None:
+            report["f1"] = report["macro_f1"]
+            report["image_auroc"] = float(roc_auc_score(truth[known], probs[known], multi_class="ovr",
+                                                        labels=list(range(len(labels)))))
+    report["ms_per_image"] = _ms(results, SHARED_PARTS + (component,))
+    report["threshold"] = inspector.thresholds[component]
+    return _rounded(report)
+
+
+def _rounded(report: dict) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in report.items()}
+
+
+def evaluate_bundle(inspector: Inspector, dataset: Dataset) -> dict:
+    """The contract JSON: n_images plus one entry per component the bundle has."""
+    results = run_detections(inspector, dataset)
+    out: dict = {"n_images": len(dataset.test)}
+    if inspector.patchcore is not None:
+        out["patchcore"] = evaluate_patchcore(inspector, dataset, results)
+    for component in inspector.heads:
+        out[component] = evaluate_classifier(inspector, dataset, results, component)
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inspector = Inspector.from_source(args.bundle)
     dataset = apply_split(load_dataset(args.layout, args.data, args.test_fraction, args.seed), inspector.bundle.path)
-    result: dict = {"n_images": len(dataset.test)}
-    if "patchcore" in inspector.bundle.components():
-        result["patchcore"] = evaluate_patchcore(inspector, dataset)
+    result = evaluate_bundle(inspector, dataset)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     bundle_dir = inspector.bundle.path

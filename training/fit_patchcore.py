@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.bundle_meta import describe
 from training.card import write_card
 from training.cli import relative_name, run
-from training.data import LAYOUTS, DataError, Dataset, Sample, load_dataset, write_split
+from training.data import LAYOUTS, DataError, Dataset, Sample, load_dataset
 from training.features import image_batches
-from xai.backbone import TRUNKS, checkpoint_path, create_trunk, file_sha256, normalise
-from xai.bundle import read_meta, save_patchcore, write_meta
+from xai.backbone import TRUNKS, create_trunk, normalise
+from xai.bundle import save_patchcore
 from xai.patchcore import PatchCore, PatchCoreConfig
 
 THRESHOLD_SIGMAS = 3.0
@@ -49,7 +50,6 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
         raise DataError(f"{dataset.root} has no good training images to fit the detector on.")
     bank_samples, cal_samples = split_calibration(good, config.calibration_fraction, config.seed)
     spec = TRUNKS[config.trunk]
-    ckpt = checkpoint_path(config.trunk)
     trunk = create_trunk(config.trunk)
     model = PatchCore(config)
     upto = max(config.layers)
@@ -95,20 +95,7 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
         "fit": {**facts, **{k: round(v, 2) for k, v in timings.items()}},
     }
     save_patchcore(out, model, info)
-    meta = read_meta(out)
-    meta.update({
-        "category": category or meta.get("category") or Path(dataset.root).name,
-        "labels": dataset.labels,
-        "normal_label": dataset.normal_label,
-        "preprocessing": {"input_size": config.input_size, "resize": "bilinear, whole image, no crop",
-                          "mean": list(spec.mean), "std": list(spec.std)},
-        "trunk": {"name": config.trunk, "timm_name": spec.timm_name,
-                  "weights_package": spec.weights_package.replace("_", "-"), "weights_sha256": file_sha256(ckpt)},
-        "data": dataset.provenance,
-    })
-    meta.setdefault("thresholds", {})["patchcore"] = threshold
-    write_meta(out, meta)
-    write_split(dataset, out)
+    describe(out, dataset, config.trunk, config.input_size, category, ("patchcore", threshold))
     write_card(out)
     return info
 

@@ -158,3 +158,26 @@ def load_patchcore(bundle: Bundle):
     if model.index.ntotal != len(model.memory_bank):
         raise BundleError(f"Bundle {bundle.source}: {spec['index']} does not match the memory bank; refit it.")
     return model
+
+
+# -- classifier heads ----------------------------------------------------------------------------
+def save_head(folder: Path, component: str, head, info: dict) -> None:
+    """Write a classification head's weights (`<component>.safetensors`) and register it in bundle.json."""
+    weights = f"{component}.safetensors"
+    save_tensors(folder, weights, head.state_dict())
+    meta = read_meta(folder)
+    meta.setdefault("components", {})[component] = {"config": head.config.to_dict(), "weights": weights, **info}
+    meta.setdefault("thresholds", {})[component] = info["threshold"]
+    write_meta(folder, meta)
+
+
+def load_head(bundle: Bundle, component: str):
+    """Rebuild a head from its config in bundle.json and load its safetensors strictly, in eval mode."""
+    from xai.heads import HeadConfig, create_head
+
+    spec = bundle.meta.get("components", {}).get(component)
+    if spec is None:
+        raise BundleError(f"Bundle {bundle.source} has no {component}; run training.train_classifier on it.")
+    head = create_head(HeadConfig.from_dict(spec["config"]))
+    head.load_state_dict(bundle.tensors(spec["weights"]), strict=True)
+    return head.eval()

@@ -10,32 +10,50 @@ import torch
 from PIL import Image
 
 from xai.backbone import Trunk, checkpoint_path, create_trunk, file_sha256, preprocess
-from xai.bundle import Bundle, BundleError, load, load_patchcore
+from xai.bundle import Bundle, BundleError, load, load_head, load_patchcore
+from xai.heads import HEAD_INPUT_STAGE
 from xai.io import ImageSource, load_image
 
 
 @dataclass
 class Detection:
-    """Verdict for one image, with the anomaly map at model resolution and where the time went."""
+    """Verdict for one image: every component's score, the deciding one, the anomaly map, where the time went."""
 
-    is_defect: bool
-    score: float
+    label: str
+    is_defect: bool | None  # None when the bundle's labels have no normal class
+    score: float  # the deciding component's score (PatchCore distance or P(defect))
     threshold: float
+    decided_by: str
     scores: dict[str, float]
-    anomaly_map: np.ndarray  # float32 [input_size, input_size]
+    thresholds: dict[str, float]
+    anomaly_map: np.ndarray | None  # float32 [input_size, input_size] when the bundle has PatchCore
     image_size: tuple[int, int]
+    class_probabilities: dict[str, dict[str, float]] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return "defect" if self.is_defect else "good"
 
     def to_json(self) -> dict:
         return {
             "label": self.label, "is_defect": self.is_defect, "score": round(self.score, 6),
-            "threshold": round(self.threshold, 6), "scores": {k: round(v, 6) for k, v in self.scores.items()},
+            "threshold": round(self.threshold, 6), "decided_by": self.decided_by,
+            "scores": {k: round(v, 6) for k, v in self.scores.items()},
+            "thresholds": {k: round(v, 6) for k, v in self.thresholds.items()},
+            "class_probabilities": {c: {k: round(v, 6) for k, v in p.items()}
+                                    for c, p in self.class_probabilities.items()},
             "image_size": list(self.image_size), "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
+
+
+def primary_component(meta: dict) -> str:
+    """The component whose verdict the app shows: PatchCore on one-class data, else the CNN (or ViT) head."""
+    comps = meta.get("components", {})
+    one_class = meta.get("data", {}).get("layout") == "mvtec"
+    order = ["patchcore", "classifier_cnn", "classifier_vit"]
+    if not one_class:
+        order = ["classifier_cnn", "classifier_vit", "patchcore"]
+    for name in order:
+        if name in comps:
+            return name
+    raise BundleError("the bundle has no detector or classifier component")
 
 
 class Inspector:
@@ -43,8 +61,12 @@ class Inspector:
 
     def __init__(self, bundle: Bundle, trunk: Trunk | None = None):
         self.bundle = bundle
-        self.patchcore = load_patchcore(bundle)
-        trunk_meta = bundle.meta.get("trunk", {})
+        meta = bundle.meta
+        comps = bundle.components()
+        self.patchcore = load_patchcore(bundle) if "patchcore" in comps else None
+        self.heads = {c: load_head(bundle, c) for c in comps if c.startswith("classifier_")}
+        self.decision = primary_component(meta)
+        trunk_meta = meta.get("trunk", {})
         name = trunk_meta.get("name", "efficientnet_lite0")
         expected = trunk_meta.get("weights_sha256")
         if expected and file_sha256(checkpoint_path(name)) != expected:
@@ -53,10 +75,19 @@ class Inspector:
                 "install the package version recorded in its bundle.json or refit the bundle."
             )
         self.trunk = trunk or create_trunk(name)
-        prep = bundle.meta.get("preprocessing", {})
-        self.input_size = int(prep.get("input_size", self.patchcore.config.input_size))
+        prep = meta.get("preprocessing", {})
+        self.input_size = int(prep["input_size"])
         self.mean, self.std = prep.get("mean", (0.5, 0.5, 0.5)), prep.get("std", (0.5, 0.5, 0.5))
-        self.threshold = float(bundle.meta["components"]["patchcore"]["threshold"])
+        self.labels: list[str] = meta.get("labels", ["good", "defect"])
+        normal = meta.get("normal_label")
+        self.normal_index = self.labels.index(normal) if normal in self.labels else None
+        self.thresholds = {c: float(meta["components"][c]["threshold"]) for c in comps}
+        needed = [max(self.patchcore.config.layers)] if self.patchcore else []
+        self.upto = max(needed + [HEAD_INPUT_STAGE] * bool(self.heads))
+
+    @property
+    def threshold(self) -> float:
+        return self.thresholds[self.decision]
 
     @classmethod
     def from_source(cls, source: str, trunk: Trunk | None = None) -> Inspector:
@@ -67,7 +98,7 @@ class Inspector:
 
     @torch.no_grad()
     def detect(self, source: ImageSource) -> Detection:
-        """Decode `source`, run trunk + PatchCore, and compare the image score with the stored threshold."""
+        """Decode `source`, run the trunk once and every component, and apply the deciding component's threshold."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -82,15 +113,39 @@ class Inspector:
         lap("decode")
         x = self.preprocess(image)
         lap("preprocess")
-        stages = self.trunk(x, upto=max(self.patchcore.config.layers))
+        stages = self.trunk(x, upto=self.upto)
         lap("trunk")
-        embedding = self.patchcore.embed(stages)
-        lap("features")
-        patch_scores = self.patchcore.patch_scores(embedding)
-        lap("knn")
-        amap = self.patchcore.anomaly_map(patch_scores)
-        score = float(self.patchcore.image_score(amap)[0])
-        lap("map")
+        scores: dict[str, float] = {}
+        probabilities: dict[str, dict[str, float]] = {}
+        amap = None
+        if self.patchcore is not None:
+            embedding = self.patchcore.embed(stages)
+            lap("features")
+            patch_scores = self.patchcore.patch_scores(embedding)
+            lap("knn")
+            amap_t = self.patchcore.anomaly_map(patch_scores)
+            scores["patchcore"] = float(self.patchcore.image_score(amap_t)[0])
+            amap = amap_t[0].numpy().astype(np.float32)
+            lap("map")
+        for name, head in self.heads.items():
+            probs = head(stages[HEAD_INPUT_STAGE]).softmax(-1)[0]
+            probabilities[name] = {label: float(p) for label, p in zip(self.labels, probs)}
+            if self.normal_index is not None:
+                scores[name] = 1.0 - float(probs[self.normal_index])
+            lap(name)
         timings["total"] = (time.perf_counter() - start) * 1000.0
-        return Detection(score > self.threshold, score, self.threshold, {"patchcore": score},
-                         amap[0].numpy().astype(np.float32), image.size, timings)
+        label, is_defect = self._verdict(scores, probabilities)
+        score = scores.get(self.decision, float("nan"))
+        return Detection(label, is_defect, score, self.threshold, self.decision, scores, self.thresholds, amap,
+                         image.size, probabilities, timings)
+
+    def _verdict(self, scores: dict[str, float], probabilities: dict[str, dict[str, float]]) -> tuple[str, bool | None]:
+        """Binary: the deciding score against its threshold. Multi-class: the head's top class."""
+        decider = self.decision
+        if decider in probabilities and (len(self.labels) > 2 or self.normal_index is None):
+            label = max(probabilities[decider], key=probabilities[decider].get)
+            return label, (None if self.normal_index is None else label != self.labels[self.normal_index])
+        is_defect = scores[decider] > self.thresholds[decider]
+        normal = self.labels[self.normal_index] if self.normal_index is not None else "good"
+        defect = next((lbl for lbl in self.labels if lbl != normal), "defect") if len(self.labels) == 2 else "defect"
+        return (defect if is_defect else normal), is_defect
