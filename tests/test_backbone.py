@@ -59,3 +59,25 @@ def test_trunk_stages_and_strides(trunk):
     assert not any(p.requires_grad for p in trunk.parameters())
     with torch.no_grad():
         assert len(trunk(x, upto=2)) == 3
+
+
+def test_fused_trunk_and_head_match_the_originals():
+    import copy
+
+    from xai.backbone import Trunk
+    from xai.fusion import fuse_conv_bn, fused_copy_is_equivalent
+    from xai.heads import HeadConfig, create_head
+
+    model = create_imagenet_model()
+    plain = Trunk(model)
+    fused = copy.deepcopy(plain)
+    assert fuse_conv_bn(fused) == 48  # stem + block 0 (2 convs) + 15 inverted residuals (3 each)
+    x = torch.randn(2, 3, 224, 224)
+    assert fused_copy_is_equivalent(plain, fused, x)
+    head = create_head(HeadConfig("cnn", 2), model).eval()
+    fused_head = copy.deepcopy(head)
+    assert fuse_conv_bn(fused_head) == 16  # 5 blocks x 3 + the head conv
+    f = plain(x, upto=4)[4]
+    assert fused_copy_is_equivalent(head, fused_head, f)
+    with pytest.raises(ValueError, match="eval-mode"):
+        fuse_conv_bn(create_head(HeadConfig("cnn", 2), model).train())

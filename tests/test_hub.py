@@ -77,7 +77,9 @@ def test_publish_dry_run_lists_files(texture_bundle, capsys):
     out = capsys.readouterr().out
     for name in ("bundle.json", "README.md", "patchcore.safetensors", "patchcore.faiss"):
         assert name in out
-    assert "would upload 4 files" in out and "me/weave" in out
+    thumbnails = len(list((texture_bundle / "retrieval").iterdir()))
+    assert thumbnails == 11  # the bank images (14 good minus 3 held out for calibration)
+    assert f"would upload {4 + thumbnails} files" in out and "me/weave" in out and "retrieval/00000.jpg" in out
 
 
 def test_publish_refuses_pickles_and_reports_offline(texture_bundle, tmp_path, capsys):

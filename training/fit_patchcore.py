@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from training.bundle_meta import describe
 from training.card import write_card
@@ -24,7 +25,7 @@ from training.cli import relative_name, run
 from training.data import LAYOUTS, DataError, Dataset, Sample, load_dataset
 from training.features import image_batches
 from xai.backbone import TRUNKS, create_trunk, normalise
-from xai.bundle import save_patchcore
+from xai.bundle import RETRIEVAL_DIR, save_patchcore, thumbnail_name
 from xai.patchcore import PatchCore, PatchCoreConfig
 
 THRESHOLD_SIGMAS = 3.0
@@ -57,7 +58,13 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
 
     t0 = time.perf_counter()
     parts_by_layer: list[list[torch.Tensor]] = [[] for _ in config.layers]
+    thumbs = out / RETRIEVAL_DIR
+    thumbs.mkdir(parents=True, exist_ok=True)
+    n_seen = 0
     for arrays, _ in image_batches(bank_samples, config.input_size, batch_size, "features"):
+        for array in arrays:  # the retrieval trace shows these; JPEG keeps a bundle small
+            Image.fromarray(array).save(thumbs / thumbnail_name(n_seen), quality=90)
+            n_seen += 1
         with torch.no_grad():
             parts = model.embed_parts(trunk(normalise(arrays, spec.mean, spec.std), upto=upto))
         for store, part in zip(parts_by_layer, parts):
@@ -68,6 +75,7 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
     t0 = time.perf_counter()
     model.fit_layer_scales(parts)
     embedding = torch.cat([p / s for p, s in zip(parts, model.layer_scales)], dim=1)
+    model.image_features = embedding.mean(dim=(2, 3))
     del parts, parts_by_layer
     log(f"coreset: selecting from {embedding.shape[0] * embedding.shape[2] * embedding.shape[3]} patches ...")
     facts = model.build_memory_bank(PatchCore.flatten(embedding), len(bank_samples))

@@ -123,12 +123,11 @@ class Trunk(nn.Module):
 
     @property
     def stage_channels(self) -> list[int]:
-        return [stage[-1].bn3.num_features if hasattr(stage[-1], "bn3") else stage[-1].bn2.num_features
-                for stage in self.blocks]
+        return [[m for m in stage.modules() if isinstance(m, nn.Conv2d)][-1].out_channels for stage in self.blocks]
 
     def forward(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """Stage outputs for a normalised batch; stops after stage `upto` when given."""
-        x = self.bn1(self.conv_stem(x))
+        x = self.bn1(self.conv_stem(x.contiguous(memory_format=torch.channels_last)))
         outputs = []
         last = len(self.blocks) - 1 if upto is None else upto
         for index, stage in enumerate(self.blocks):
@@ -139,9 +138,15 @@ class Trunk(nn.Module):
         return outputs
 
 
-def create_trunk(name: str = "efficientnet_lite0") -> Trunk:
-    """The frozen pretrained trunk `name` (see TRUNKS)."""
-    return Trunk(create_imagenet_model(name), name)
+def create_trunk(name: str = "efficientnet_lite0", fuse: bool = True) -> Trunk:
+    """The frozen pretrained trunk `name` (see TRUNKS), batch norms folded into its convs unless `fuse=False`."""
+    trunk = Trunk(create_imagenet_model(name), name)
+    if fuse:
+        from xai.fusion import fuse_conv_bn
+
+        fuse_conv_bn(trunk)
+    # channels-last: oneDNN's depthwise convs run a forward + backward ~40 % faster on CPU this way
+    return trunk.to(memory_format=torch.channels_last)
 
 
 def resize_rgb(image: Image.Image, size: int) -> np.ndarray:

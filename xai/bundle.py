@@ -124,6 +124,12 @@ def save_tensors(folder: Path, name: str, tensors: dict[str, torch.Tensor], meta
 # -- the PatchCore component ---------------------------------------------------------------------
 PATCHCORE_WEIGHTS = "patchcore.safetensors"
 PATCHCORE_INDEX = "patchcore.faiss"
+RETRIEVAL_DIR = "retrieval"
+
+
+def thumbnail_name(index: int) -> str:
+    """File name (under retrieval/) of bank image `index`, at model input size."""
+    return f"{index:05d}.jpg"
 
 
 def save_patchcore(folder: Path, model, info: dict) -> None:
@@ -132,6 +138,7 @@ def save_patchcore(folder: Path, model, info: dict) -> None:
 
     save_tensors(folder, PATCHCORE_WEIGHTS, {
         "layer_scales": model.layer_scales, "memory_bank": model.memory_bank, "bank_source": model.bank_source,
+        "image_features": model.image_features,
     })
     model.ensure_index()
     faiss.write_index(model.index, str(folder / PATCHCORE_INDEX))
@@ -153,7 +160,7 @@ def load_patchcore(bundle: Bundle):
         raise BundleError(f"Bundle {bundle.source} has no anomaly detector; run training.fit_patchcore on it.")
     tensors = bundle.tensors(spec["weights"])
     model = PatchCore(PatchCoreConfig.from_dict(spec["config"]), tensors["layer_scales"],
-                      tensors["memory_bank"], tensors["bank_source"])
+                      tensors["memory_bank"], tensors["bank_source"], tensors.get("image_features"))
     model.index = faiss.read_index(str(bundle.file(spec["index"])))
     if model.index.ntotal != len(model.memory_bank):
         raise BundleError(f"Bundle {bundle.source}: {spec['index']} does not match the memory bank; refit it.")

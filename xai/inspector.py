@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from xai.backbone import Trunk, checkpoint_path, create_trunk, file_sha256, preprocess
-from xai.bundle import Bundle, BundleError, load, load_head, load_patchcore
+from xai.bundle import RETRIEVAL_DIR, Bundle, BundleError, load, load_head, load_patchcore
+from xai.fusion import fuse_conv_bn
 from xai.heads import HEAD_INPUT_STAGE
 from xai.io import ImageSource, load_image
 
@@ -65,6 +66,9 @@ class Inspector:
         comps = bundle.components()
         self.patchcore = load_patchcore(bundle) if "patchcore" in comps else None
         self.heads = {c: load_head(bundle, c) for c in comps if c.startswith("classifier_")}
+        for head in self.heads.values():
+            fuse_conv_bn(head)  # inference only: halves gradient explainers' cost
+            head.to(memory_format=torch.channels_last)
         self.decision = primary_component(meta)
         trunk_meta = meta.get("trunk", {})
         name = trunk_meta.get("name", "efficientnet_lite0")
@@ -84,6 +88,38 @@ class Inspector:
         self.thresholds = {c: float(meta["components"][c]["threshold"]) for c in comps}
         needed = [max(self.patchcore.config.layers)] if self.patchcore else []
         self.upto = max(needed + [HEAD_INPUT_STAGE] * bool(self.heads))
+        self._context = None
+
+    def explain_context(self):
+        """What the explainers need from this bundle (built once, cached on the inspector)."""
+        if getattr(self, "_context", None) is None:
+            from xai.explainers import ExplainContext
+            from xai.explainers.retrieval import RetrievalIndex
+
+            retrieval = None
+            if self.patchcore is not None and (self.bundle.path / RETRIEVAL_DIR).is_dir():
+                names = self.bundle.meta["components"]["patchcore"].get("bank_images", [])
+                retrieval = RetrievalIndex(self.bundle.path / RETRIEVAL_DIR, names)
+            self._context = ExplainContext(self.trunk, self.heads, self.patchcore, self.labels, self.normal_index,
+                                           self.input_size, tuple(self.mean), tuple(self.std), retrieval)
+        return self._context
+
+    def methods(self) -> list[str]:
+        """Explanation methods this bundle supports (the components each needs are present)."""
+        from xai.explainers import METHODS
+
+        have = set(self.heads) | ({"patchcore"} if self.patchcore is not None else set())
+        ok = [name for name, cls in METHODS.items() if cls.component in have]
+        if "retrieval" in ok and self.explain_context().retrieval is None:
+            ok.remove("retrieval")
+        return ok
+
+    def explain(self, source: ImageSource, method: str, target: int | None = None, **params):
+        """Decode `source` and explain it with `method` (see xai.explainers.METHODS)."""
+        from xai.explainers import create_explainer
+
+        x = self.preprocess(load_image(source))
+        return create_explainer(method, self.explain_context(), **params).explain(x, target)
 
     @property
     def threshold(self) -> float:

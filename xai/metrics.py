@@ -62,3 +62,61 @@ def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float) -> d
         "f1": float(f1_score(labels, pred, zero_division=0)),
         "accuracy": float((pred == labels).mean()),
     }
+
+
+# -- explanation quality ---------------------------------------------------------------------------
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Binary dilation by `pixels` (a (2p+1)-square neighbourhood)."""
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3)), iterations=pixels) if pixels else mask
+
+
+def pointing_game(heatmap: np.ndarray, mask: np.ndarray, tolerance: int = 8) -> float:
+    """1.0 if the heatmap's maximum lies inside the mask dilated by `tolerance` pixels, else 0.0."""
+    peak = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return float(dilate(mask.astype(bool), tolerance)[peak])
+
+
+def energy_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> float | None:
+    """Share of the heatmap's positive mass that falls inside the mask."""
+    positive = np.clip(heatmap, 0, None)
+    total = positive.sum()
+    return float(positive[mask.astype(bool)].sum() / total) if total > 0 else None
+
+
+def heatmap_auroc(heatmap: np.ndarray, mask: np.ndarray) -> float | None:
+    """Pixel AUROC of the heatmap against the mask."""
+    return auroc(mask, heatmap)
+
+
+def perturbation_curve(score_fn, image: np.ndarray, reference: np.ndarray, heatmap: np.ndarray,
+                       steps: int = 16, insert: bool = False) -> np.ndarray:
+    """RISE deletion/insertion: scores as the most salient pixels (in `steps` equal chunks) are replaced by the
+    reference (deletion) or revealed on top of it (insertion). `image`/`reference` are [3, H, W]."""
+    order = np.argsort(-heatmap.ravel(), kind="stable")
+    n = order.size
+    batch = []
+    for k in range(steps + 1):
+        chosen = np.zeros(n, dtype=bool)
+        chosen[order[: int(round(k * n / steps))]] = True
+        chosen = chosen.reshape(heatmap.shape)[None]
+        batch.append(np.where(chosen, image, reference) if insert else np.where(chosen, reference, image))
+    return np.asarray(score_fn(np.stack(batch)), dtype=np.float64)
+
+
+def curve_auc(curve: np.ndarray) -> float:
+    """Area under a curve sampled at equal steps on [0, 1]."""
+    return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray, size: int = 56) -> float:
+    """Spearman correlation of two maps after average-pooling to size x size (the randomisation check)."""
+    from scipy.stats import spearmanr
+
+    def pool(x: np.ndarray) -> np.ndarray:
+        h, w = x.shape
+        return x[: h - h % size, : w - w % size].reshape(size, h // size, size, w // size).mean(axis=(1, 3)).ravel()
+
+    pa, pb = pool(a), pool(b)
+    if np.ptp(pa) == 0 or np.ptp(pb) == 0:
+        return 0.0
+    return float(spearmanr(pa, pb).statistic)

@@ -107,7 +107,8 @@ class PatchCore(nn.Module):
     """Memory bank of normal patch features; scores patches by distance to their nearest normal patch."""
 
     def __init__(self, config: PatchCoreConfig, layer_scales: torch.Tensor | None = None,
-                 memory_bank: torch.Tensor | None = None, bank_source: torch.Tensor | None = None):
+                 memory_bank: torch.Tensor | None = None, bank_source: torch.Tensor | None = None,
+                 image_features: torch.Tensor | None = None):
         super().__init__()
         self.config = config
         n_layers = len(config.layers)
@@ -116,6 +117,8 @@ class PatchCore(nn.Module):
         # (training image, row, column) of every bank patch: lets the retrieval trace show where it came from.
         self.register_buffer("bank_source", torch.zeros(0, 3, dtype=torch.int32) if bank_source is None
                              else bank_source)
+        # mean patch embedding of every bank image: the retrieval trace's "nearest normal images"
+        self.register_buffer("image_features", torch.zeros(0, 0) if image_features is None else image_features)
         self.index = None
 
     # -- features ------------------------------------------------------------------------------

@@ -1,0 +1,40 @@
+"""The explainer suite: one module per method, one registry line each (pytorch-grad-cam's layout)."""
+
+from __future__ import annotations
+
+from xai.explainers.anomaly_map import AnomalyMap
+from xai.explainers.attention_rollout import AttentionRollout
+from xai.explainers.base import Classifier, ExplainContext, Explainer, Explanation
+from xai.explainers.gradcam import GradCAM
+from xai.explainers.gradcam_pp import GradCAMPlusPlus
+from xai.explainers.integrated_gradients import IntegratedGradients
+from xai.explainers.occlusion import Occlusion
+from xai.explainers.retrieval import Retrieval
+from xai.explainers.saliency import Saliency
+from xai.explainers.shap_values import SHAP
+from xai.explainers.smoothgrad import SmoothGrad
+
+METHODS: dict[str, type[Explainer]] = {cls.name: cls for cls in (
+    AnomalyMap,
+    Retrieval,
+    GradCAM,
+    GradCAMPlusPlus,
+    Saliency,
+    SmoothGrad,
+    IntegratedGradients,
+    AttentionRollout,
+    Occlusion,
+    SHAP,
+)}
+GRADIENT_METHODS = ("gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients")
+
+
+def create_explainer(name: str, context: ExplainContext, **params) -> Explainer:
+    """Registry look-up: the explainer called `name` over `context`."""
+    if name not in METHODS:
+        raise ValueError(f"unknown explanation method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](context, **params)
+
+
+__all__ = ["METHODS", "GRADIENT_METHODS", "Classifier", "ExplainContext", "Explainer", "Explanation",
+           "create_explainer"]

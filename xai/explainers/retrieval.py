@@ -1,0 +1,87 @@
+"""Retrieval trace: the training evidence behind PatchCore's verdict.
+
+It answers "this region looks like nothing we have seen; the closest normal parts look like these":
+the nearest good training images by global feature (cosine), the most anomalous patch's nearest bank
+patches (FAISS) with their distances and where they come from, and a heatmap of each patch's distance to
+the single closest good image (re-embedded from its bundle thumbnail).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from xai.backbone import normalise
+from xai.explainers.base import Explainer
+from xai.patchcore import search
+
+
+@dataclass
+class RetrievalIndex:
+    """Where the bank images' thumbnails live (bundle `retrieval/`) and their names in the training data."""
+
+    folder: Path
+    names: list[str]
+
+    def thumbnail(self, index: int) -> Path:
+        from xai.bundle import thumbnail_name
+
+        return self.folder / thumbnail_name(index)
+
+
+class Retrieval(Explainer):
+    name = "retrieval"
+    component = "patchcore"
+    defaults = {"images": 3, "patches": 3}
+
+    def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:
+        ctx, pc = self.context, self.context.patchcore
+        if pc is None or ctx.retrieval is None or not len(pc.image_features):
+            raise ValueError("this bundle has no retrieval data; refit it with training.fit_patchcore")
+        pc.ensure_index()
+        heatmaps, extras = [], []
+        grid, stride = pc.config.grid, pc.config.feature_stride
+        with torch.no_grad():
+            embedding = pc.embed(ctx.trunk(inputs, upto=max(pc.config.layers)))
+        for emb in embedding:
+            flat = pc.flatten(emb[None])  # [g*g, D]
+            # 1. nearest good images by global (mean patch) feature
+            sims = F.cosine_similarity(emb.mean(dim=(1, 2))[None], pc.image_features)
+            top = sims.topk(min(self.params["images"], len(sims)))
+            # 2. the most anomalous patch and its nearest bank patches
+            dist, _ = search(pc.index, flat, 1)
+            worst = int(np.argmax(dist[:, 0]))
+            d_k, ids = search(pc.index, flat[worst:worst + 1], self.params["patches"])
+            sources = pc.bank_source[torch.from_numpy(ids[0])].tolist()
+            # 3. per-patch distance to the closest good image, re-embedded from its thumbnail
+            best = int(top.indices[0])
+            with Image.open(ctx.retrieval.thumbnail(best)) as thumb:
+                array = np.array(thumb.convert("RGB").resize((ctx.input_size,) * 2))[None]
+            with torch.no_grad():
+                neighbour = pc.flatten(pc.embed(ctx.trunk(normalise(array, ctx.mean, ctx.std),
+                                                          upto=max(pc.config.layers))))
+            heat = torch.cdist(torch.from_numpy(flat), torch.from_numpy(neighbour)).amin(dim=1)
+            heatmaps.append(heat.reshape(grid, grid))
+            extras.append({
+                "nearest_images": [{"index": int(i), "name": ctx.retrieval.names[int(i)],
+                                    "similarity": round(float(s), 4), "thumbnail": str(ctx.retrieval.thumbnail(int(i)))}
+                                   for s, i in zip(top.values, top.indices)],
+                "anomalous_patch": {"row": worst // grid, "col": worst % grid,
+                                    "distance": round(float(np.sqrt(max(dist[worst, 0], 0))), 4),
+                                    "box": _box(worst // grid, worst % grid, stride)},
+                "nearest_patches": [{"image": int(img), "name": ctx.retrieval.names[int(img)], "row": int(r),
+                                     "col": int(c), "distance": round(float(np.sqrt(max(dk, 0))), 4),
+                                     "thumbnail": str(ctx.retrieval.thumbnail(int(img))), "box": _box(r, c, stride)}
+                                    for dk, (img, r, c) in zip(d_k[0], sources)],
+            })
+        return {"heatmap": torch.stack(heatmaps), "extras": extras}
+
+
+def _box(row: int, col: int, stride: int) -> list[int]:
+    """Input-pixel box [x0, y0, x1, y1] of a patch with its 3x3 aggregation context."""
+    return [max(0, (col - 1) * stride), max(0, (row - 1) * stride), (col + 2) * stride, (row + 2) * stride]
