@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # huggingface_hub reads these at import: the tests never reach the network and use their own cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="defect-xai-hub-cache-")
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 BOTTLE = ROOT.parent / "shared" / "data" / "mvtec_ad" / "bottle"
 

@@ -1,0 +1,89 @@
+"""The Space: service functions in process, then the real app on a localhost port through gradio_client."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthetic import add_defect, texture
+from xai.io import ImageInputError
+from xai.service import Catalogue, ServiceError
+
+
+@pytest.fixture(scope="module")
+def catalogue(classifier_bundle):
+    return Catalogue.from_sources(f"{classifier_bundle},defect-xai/not-cached")
+
+
+@pytest.fixture(scope="module")
+def part(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    path = tmp_path_factory.mktemp("uploads") / "part.png"
+    Image.fromarray(add_defect(texture(rng), rng, "blob")[0]).save(path)
+    return path
+
+
+def test_catalogue_reports_failures_by_name_and_keeps_the_rest(catalogue):
+    assert catalogue.categories == ["binary"]
+    assert "defect-xai/not-cached" in catalogue.failures
+    assert "not in the local Hugging Face cache" in catalogue.failures["defect-xai/not-cached"]
+    info = catalogue.info()
+    assert info["failed"] == catalogue.failures and "binary" in info["categories"]
+    assert set(info["methods"]) >= {"gradcam", "shap", "anomaly_map"}
+
+
+def test_detect_and_explain_in_process(catalogue, part):
+    picture, verdict = catalogue.detect(part, "binary")
+    assert picture.size == (256, 256) and verdict["label"] == "blob" and verdict["is_defect"] is True
+    assert {"score", "threshold", "scores", "timings_ms"} <= set(verdict)
+    shown, exp = catalogue.explain(part, "binary", "gradcam")
+    assert shown.size == (256, 256) and exp["method"] == "gradcam" and exp["caption"]
+
+
+def test_bad_requests_have_clear_messages(catalogue, part, tmp_path):
+    with pytest.raises(ServiceError, match="Unknown category"):
+        catalogue.detect(part, "nope")
+    with pytest.raises(ServiceError, match="cannot run 'magic'"):
+        catalogue.explain(part, "binary", "magic")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageInputError, match="not an image"):
+        catalogue.detect(bad, "binary")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gradio_client_round_trip(catalogue, part, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from app import build_app
+
+    demo = build_app(catalogue)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                max_file_size="25mb")
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        api = client.view_api(print_info=False, return_format="dict")
+        assert set(api["named_endpoints"]) == {"/detect", "/explain", "/info"}
+        image, verdict = client.predict(handle_file(str(part)), "binary", api_name="/detect")
+        assert verdict["label"] == "blob" and Image.open(image).size == (256, 256)
+        _, exp = client.predict(handle_file(str(part)), "binary", "saliency", api_name="/explain")
+        assert exp["method"] == "saliency"
+        info = client.predict(api_name="/info")
+        assert "binary" in info["categories"]
+        bad = tmp_path / "broken.png"
+        bad.write_bytes(part.read_bytes()[:200])
+        with pytest.raises(Exception, match="truncated|corrupt"):
+            client.predict(handle_file(str(bad)), "binary", api_name="/detect")
+        # still serving after the bad upload
+        assert client.predict(handle_file(str(part)), "binary", api_name="/detect")[1]["label"] == "blob"
+    finally:
+        demo.close()

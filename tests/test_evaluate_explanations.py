@@ -1,0 +1,51 @@
+"""evaluate_explanations writes the contract JSON, and the scores it reports behave as they must."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from training import evaluate_explanations
+from training.cli import run
+
+KEYS = {"pointing_game", "energy_in_mask", "heatmap_auroc", "deletion_auc", "insertion_auc",
+        "randomization_similarity", "ms"}
+
+
+@pytest.fixture(scope="module")
+def full_bundle(texture_data, texture_bundle, tmp_path_factory):
+    from training.data import load_dataset
+    from training.train_classifier import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("full") / "weave"
+    shutil.copytree(texture_bundle, out)
+    train(load_dataset("mvtec", texture_data), out, ["cnn", "vit"], TrainConfig(epochs=2, views=2, batch_size=8),
+          log=lambda msg: None)
+    return out
+
+
+def test_contract_json_and_stored_table(full_bundle, texture_data, tmp_path):
+    out = tmp_path / "x.json"
+    methods = "anomaly_map,retrieval,gradcam,gradcam_pp,saliency,attention_rollout"
+    assert run(evaluate_explanations.main, ["--data", str(texture_data), "--bundle", str(full_bundle), "--json",
+                                            str(out), "--methods", methods, "--limit", "3"]) == 0
+    result = json.loads(out.read_text())
+    assert result["n_images"] == 3
+    assert set(result["methods"]) == set(methods.split(","))
+    for name, row in result["methods"].items():
+        assert set(row) == KEYS, name
+        assert 0 <= row["pointing_game"] <= 1 and 0 <= row["energy_in_mask"] <= 1
+        assert -1 <= row["randomization_similarity"] <= 1 and row["ms"] > 0
+    # PatchCore finds drawn defects on a regular texture: its map must point at them
+    assert result["methods"]["anomaly_map"]["pointing_game"] == 1.0
+    assert result["methods"]["anomaly_map"]["heatmap_auroc"] > 0.9
+    stored = json.loads((full_bundle / "bundle.json").read_text())["metrics"]["explanations"]
+    assert stored == result
+
+
+def test_unsupported_method_is_one_clear_error(texture_bundle, texture_data, tmp_path, capsys):
+    assert run(evaluate_explanations.main, ["--data", str(texture_data), "--bundle", str(texture_bundle),
+                                            "--json", str(tmp_path / "x.json"), "--methods", "gradcam"]) == 2
+    assert "cannot run gradcam" in capsys.readouterr().err

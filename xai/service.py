@@ -1,0 +1,120 @@
+"""What the Space serves, without Gradio: the categories loaded from DEFECT_XAI_BUNDLES, and detect / explain /
+info as images plus JSON. app.py only wires these to components and endpoints.
+
+A source that fails to load is kept with its reason, so the page and /info name it while the other
+categories keep working; nothing is substituted for it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from xai.bundle import BundleError, load
+from xai.inspector import Inspector
+from xai.io import ImageSource, load_image
+from xai.render import overlay
+
+DEFAULT_BUNDLES = "defect-xai/mvtec-bottle,defect-xai/elpv-solar-cells"
+CAPTIONS = {
+    "anomaly_map": "Where this part differs from every good part the detector has seen.",
+    "retrieval": "The closest good training images and patches, and how far this one is from them.",
+    "gradcam": "Regions whose features drive the CNN's defect score (coarse, 32 px cells).",
+    "gradcam_pp": "Like GradCAM, but weighting every positive gradient: better for several defects.",
+    "saliency": "Pixels where a small change would move the defect score fastest.",
+    "smoothgrad": "Saliency averaged over noisy copies: steadier, less speckled.",
+    "integrated_gradients": "Each pixel's share of the score gap between this image and a blurred copy.",
+    "attention_rollout": "Where the transformer head's summary token looks, through all its layers.",
+    "occlusion": "How much hiding each 32 px window lowers the defect score (slow: many model runs).",
+    "shap": "SHAP values of image regions for the defect probability (slow: 300 model runs).",
+}
+
+
+class ServiceError(ValueError):
+    """A request the service cannot answer; the message is meant for the person or script that sent it."""
+
+
+@dataclass
+class Catalogue:
+    """Categories by name, plus the sources that failed and why."""
+
+    inspectors: dict[str, Inspector] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_sources(cls, sources: str | None = None) -> Catalogue:
+        """Load every comma-separated source (folder or Hub repo id) once; a failure is recorded, not raised."""
+        sources = sources if sources is not None else os.environ.get("DEFECT_XAI_BUNDLES", DEFAULT_BUNDLES)
+        catalogue = cls()
+        trunk = None
+        for source in [s.strip() for s in sources.split(",") if s.strip()]:
+            try:
+                inspector = Inspector(load(source), trunk)
+            except (BundleError, OSError, ValueError, KeyError) as exc:
+                catalogue.failures[source] = str(exc)
+                continue
+            trunk = trunk or inspector.trunk  # one trunk in memory for every category
+            name = inspector.bundle.category
+            if name in catalogue.inspectors:
+                name = f"{name} ({source})"
+            catalogue.inspectors[name] = inspector
+        return catalogue
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.inspectors)
+
+    def get(self, category: str | None) -> Inspector:
+        if not self.inspectors:
+            raise ServiceError("No category is loaded: " + "; ".join(f"{s}: {r}" for s, r in self.failures.items()))
+        if not category:
+            return next(iter(self.inspectors.values()))
+        if category not in self.inspectors:
+            raise ServiceError(f"Unknown category {category!r}; choose one of {', '.join(self.inspectors)}.")
+        return self.inspectors[category]
+
+    # -- endpoints ----------------------------------------------------------------------------------
+    def detect(self, image: ImageSource, category: str | None) -> tuple[Image.Image, dict]:
+        """Overlay of the anomaly map (or the image itself for classifier-only bundles) and the verdict JSON."""
+        inspector = self.get(category)
+        picture = load_image(image)
+        result = inspector.detect(picture)
+        payload = {"category": inspector.bundle.category, **result.to_json()}
+        if result.anomaly_map is None:
+            return picture, payload
+        threshold = inspector.thresholds["patchcore"]
+        shown = overlay(picture, result.anomaly_map, contour_at=threshold, lo=0.0, hi=max(threshold * 1.5,
+                                                                                          float(result.score)))
+        return shown, payload
+
+    def explain(self, image: ImageSource, category: str | None, method: str) -> tuple[Image.Image, dict]:
+        inspector = self.get(category)
+        if method not in inspector.methods():
+            raise ServiceError(f"{inspector.bundle.category} cannot run {method!r}; "
+                               f"it supports {', '.join(inspector.methods())}.")
+        picture = load_image(image)
+        exp = inspector.explain(picture, method)
+        heat = np.abs(exp.heatmap) if method in ("integrated_gradients", "occlusion", "shap") else exp.heatmap
+        payload = {"category": inspector.bundle.category, "caption": CAPTIONS.get(method, ""), **exp.to_json()}
+        return overlay(picture, heat), payload
+
+    def info(self) -> dict:
+        import torch
+
+        from xai import __version__
+        from xai.explainers import METHODS
+
+        return {
+            "categories": {name: {"source": ins.bundle.source, "components": ins.bundle.components(),
+                                  "labels": ins.labels, "methods": ins.methods(),
+                                  "data": ins.bundle.meta.get("data", {}),
+                                  "metrics": ins.bundle.meta.get("metrics", {})}
+                           for name, ins in self.inspectors.items()},
+            "failed": self.failures,
+            "methods": {name: CAPTIONS.get(name, "") for name in METHODS},
+            "versions": {"defect_xai": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        }
