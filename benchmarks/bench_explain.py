@@ -10,29 +10,18 @@ the machines' drift.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.timing import median_ms
 from xai.explainers import create_explainer
 from xai.inspector import Inspector
 
 BUDGET_MS = {"gradcam": 60, "gradcam_pp": 60, "saliency": 60, "attention_rollout": 60, "anomaly_map": 60,
              "retrieval": 60, "smoothgrad": 1000, "integrated_gradients": 1200, "occlusion": 2000, "shap": 4000}
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def references(inspector: Inspector, x: torch.Tensor) -> dict:

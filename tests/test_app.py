@@ -54,6 +54,31 @@ def test_bad_requests_have_clear_messages(catalogue, part, tmp_path):
         catalogue.detect(bad, "binary")
 
 
+def bad_uploads(part) -> list[tuple[str, bytes, str]]:
+    """(file name, bytes, expected message) for the bad inputs xai.io names."""
+    import io
+
+    def png(image: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    return [
+        ("broken.png", part.read_bytes()[:200], "truncated|corrupt"),
+        ("notes.png", b"this is a text file", "not an image"),
+        ("dot.png", png(Image.new("RGB", (1, 1))), "too small"),
+        ("bomb.png", png(Image.new("1", (9000, 6000))), "too large"),
+    ]
+
+
+def test_every_bad_upload_has_its_message_in_process(catalogue, part, tmp_path):
+    for name, payload, message in bad_uploads(part) + [("empty.png", b"", "empty")]:
+        bad = tmp_path / name
+        bad.write_bytes(payload)
+        with pytest.raises(ImageInputError, match=message):
+            catalogue.detect(bad, "binary")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,10 +104,11 @@ def test_gradio_client_round_trip(catalogue, part, tmp_path):
         assert exp["method"] == "saliency"
         info = client.predict(api_name="/info")
         assert "binary" in info["categories"]
-        bad = tmp_path / "broken.png"
-        bad.write_bytes(part.read_bytes()[:200])
-        with pytest.raises(Exception, match="truncated|corrupt"):
-            client.predict(handle_file(str(bad)), "binary", api_name="/detect")
+        for name, payload, message in bad_uploads(part):
+            bad = tmp_path / name
+            bad.write_bytes(payload)
+            with pytest.raises(Exception, match=message):
+                client.predict(handle_file(str(bad)), "binary", api_name="/detect")
         # still serving after the bad upload
         assert client.predict(handle_file(str(part)), "binary", api_name="/detect")[1]["label"] == "blob"
     finally:

@@ -46,3 +46,20 @@ def relative_name(path: Path, root: str) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
+
+
+def training_parser(prog: str, doc: str | None):
+    """argparse parser with the options every training command shares (--data, --out, --layout, --category,
+    --test-fraction, --seed)."""
+    import argparse
+
+    from training.data import LAYOUTS
+
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n")[0])
+    parser.add_argument("--data", help="dataset folder (optional for --layout elpv)")
+    parser.add_argument("--out", required=True, help="bundle folder to write (created; other components kept)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="mvtec")
+    parser.add_argument("--category", help="category name shown in the app (default: the dataset's name)")
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser

@@ -3,10 +3,12 @@
     python -m training.evaluate_explanations --data DIR --bundle BUNDLE --json OUT.json [--methods a,b] [--limit N]
 
 Per method, averaged over images: pointing game (peak inside the mask dilated by 8 px at 224), energy in
-mask, heatmap AUROC, RISE deletion and insertion AUC (16 steps; removed pixels take the image blurred with
-sigma 10 px; the score is the classifier's probability of the explained class, or PatchCore's score relative
-to its threshold for bundles without a classifier), the model-randomisation check (Spearman correlation
-with the same method on re-initialised heads / a noise memory bank; low is good) and median ms.
+mask, heatmap AUROC, RISE deletion and insertion AUC (16 steps; removed pixels take the values of the closest
+good training image, so deleting a defect means showing a good part there, or of the image blurred with
+sigma 10 px for bundles without retrieval data; the score is the classifier's probability of the explained
+class, or PatchCore's score relative to its threshold for bundles without a classifier), the
+model-randomisation check (Spearman correlation with the same method on re-initialised heads and a noise
+memory bank; low is good) and median ms.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from training.evaluate import apply_split, load_mask
 from xai.bundle import read_meta, write_meta
 from xai.explainers import create_explainer
 from xai.explainers.integrated_gradients import baseline_for
+from xai.explainers.retrieval import nearest_good_image
 from xai.inspector import Inspector
 from xai.io import load_image
 from xai.metrics import curve_auc, energy_in_mask, heatmap_auroc, perturbation_curve, pointing_game, rank_correlation
@@ -75,7 +78,8 @@ def evaluate_methods(inspector: Inspector, samples: list, methods: list[str]) ->
         x = inspector.preprocess(load_image(sample.path))
         mask = load_mask(sample.mask, inspector.input_size)
         image = x[0].numpy()
-        reference = baseline_for(x, "blur")[0].numpy()
+        reference = (nearest_good_image(context, x) if context.retrieval is not None
+                     else baseline_for(x, "blur"))[0].numpy()
         for method in methods:
             exp = explainers[method].explain(x)
             random_exp = randomised[method].explain(x)

@@ -21,8 +21,8 @@ from PIL import Image
 
 from training.bundle_meta import describe
 from training.card import write_card
-from training.cli import relative_name, run
-from training.data import LAYOUTS, DataError, Dataset, Sample, load_dataset
+from training.cli import relative_name, run, training_parser
+from training.data import DataError, Dataset, Sample, load_dataset
 from training.features import image_batches
 from xai.backbone import TRUNKS, create_trunk, normalise
 from xai.bundle import RETRIEVAL_DIR, save_patchcore, thumbnail_name
@@ -110,18 +110,12 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = PatchCoreConfig()
-    parser = argparse.ArgumentParser(prog="python -m training.fit_patchcore", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="dataset folder (optional for --layout elpv)")
-    parser.add_argument("--out", required=True, help="bundle folder to write (created; other components kept)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="mvtec")
-    parser.add_argument("--category", help="category name shown in the app (default: the data folder's name)")
+    parser = training_parser("python -m training.fit_patchcore", __doc__)
     parser.add_argument("--coreset-ratio", type=float, default=defaults.coreset_ratio)
     parser.add_argument("--max-bank-size", type=int, default=defaults.max_bank_size)
     parser.add_argument("--index", choices=("auto", "flat", "hnsw"), default=defaults.index)
     parser.add_argument("--input-size", type=int, default=defaults.input_size)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 

@@ -26,8 +26,8 @@ from sklearn.metrics import f1_score
 from training.anomalies import synthesize
 from training.bundle_meta import describe
 from training.card import write_card
-from training.cli import progress, run
-from training.data import LAYOUTS, DataError, Dataset, Sample, load_dataset, stratified_split
+from training.cli import progress, run, training_parser
+from training.data import DataError, Dataset, Sample, load_dataset, stratified_split
 from training.features import image_batches
 from xai.backbone import TRUNKS, create_imagenet_model, normalise
 from xai.bundle import save_head
@@ -249,20 +249,14 @@ def train(dataset: Dataset, out: Path, archs: list[str], cfg: TrainConfig, input
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m training.train_classifier", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="dataset folder (optional for --layout elpv)")
-    parser.add_argument("--out", required=True, help="bundle folder to write (created; other components kept)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="mvtec")
+    parser = training_parser("python -m training.train_classifier", __doc__)
     parser.add_argument("--arch", choices=("cnn", "vit", "both"), default="both")
-    parser.add_argument("--category", help="category name shown in the app")
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--patience", type=int, default=d.patience)
     parser.add_argument("--views", type=int, default=d.views, help="one-class data: examples per good image")
     parser.add_argument("--augment", choices=("auto", "none", "dihedral"), default=d.augment)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=d.seed)
     return parser.parse_args(argv)
 
 

@@ -71,8 +71,8 @@ class ExplainContext:
         return Classifier(self.trunk, self.heads[component]).eval()
 
     def randomised(self, seed: int = 0) -> ExplainContext:
-        """The same context with every head re-initialised and the PatchCore bank replaced by noise of the same
-        per-dimension mean and spread: the model-randomisation sanity check (Adebayo et al. 2018)."""
+        """The same context with every head re-initialised and PatchCore's bank and image features replaced by
+        noise of the same per-dimension mean and spread: the model-randomisation check (Adebayo et al. 2018)."""
         torch.manual_seed(seed)
         heads = {}
         for name, head in self.heads.items():
@@ -89,6 +89,10 @@ class ExplainContext:
             noise = torch.randn(bank.shape, generator=generator) * bank.std(0) + bank.mean(0)
             patchcore.memory_bank = noise.float()
             patchcore.index = None
+            feats = patchcore.image_features
+            if len(feats):
+                patchcore.image_features = (torch.randn(feats.shape, generator=generator) * feats.std(0)
+                                            + feats.mean(0)).float()
         return replace(self, heads=heads, patchcore=patchcore)
 
 

@@ -33,6 +33,29 @@ class RetrievalIndex:
 
         return self.folder / thumbnail_name(index)
 
+    def normalised_thumbnail(self, index: int, size: int, mean, std) -> torch.Tensor:
+        """Bank image `index` as a normalised model input [1, 3, size, size]."""
+        with Image.open(self.thumbnail(index)) as thumb:
+            array = np.array(thumb.convert("RGB").resize((size, size)))[None]
+        return normalise(array, mean, std)
+
+
+def nearest_images(patchcore, embedding: torch.Tensor, k: int):
+    """Top-k bank images by cosine similarity of mean patch embeddings ([D, g, g] -> torch.topk result)."""
+    sims = F.cosine_similarity(embedding.mean(dim=(1, 2))[None], patchcore.image_features)
+    return sims.topk(min(k, len(sims)))
+
+
+def nearest_good_image(context, inputs: torch.Tensor) -> torch.Tensor:
+    """For each image in the batch, its closest good training image (normalised, same shape): the reference a
+    defect can be 'deleted' towards."""
+    pc = context.patchcore
+    with torch.no_grad():
+        embedding = pc.embed(context.trunk(inputs, upto=max(pc.config.layers)))
+    return torch.cat([context.retrieval.normalised_thumbnail(int(nearest_images(pc, emb, 1).indices[0]),
+                                                             context.input_size, context.mean, context.std)
+                      for emb in embedding])
+
 
 class Retrieval(Explainer):
     name = "retrieval"
@@ -51,20 +74,16 @@ class Retrieval(Explainer):
         for emb in embedding:
             flat = pc.flatten(emb[None])  # [g*g, D]
             # 1. nearest good images by global (mean patch) feature
-            sims = F.cosine_similarity(emb.mean(dim=(1, 2))[None], pc.image_features)
-            top = sims.topk(min(self.params["images"], len(sims)))
+            top = nearest_images(pc, emb, self.params["images"])
             # 2. the most anomalous patch and its nearest bank patches
             dist, _ = search(pc.index, flat, 1)
             worst = int(np.argmax(dist[:, 0]))
             d_k, ids = search(pc.index, flat[worst:worst + 1], self.params["patches"])
             sources = pc.bank_source[torch.from_numpy(ids[0])].tolist()
             # 3. per-patch distance to the closest good image, re-embedded from its thumbnail
-            best = int(top.indices[0])
-            with Image.open(ctx.retrieval.thumbnail(best)) as thumb:
-                array = np.array(thumb.convert("RGB").resize((ctx.input_size,) * 2))[None]
+            reference = ctx.retrieval.normalised_thumbnail(int(top.indices[0]), ctx.input_size, ctx.mean, ctx.std)
             with torch.no_grad():
-                neighbour = pc.flatten(pc.embed(ctx.trunk(normalise(array, ctx.mean, ctx.std),
-                                                          upto=max(pc.config.layers))))
+                neighbour = pc.flatten(pc.embed(ctx.trunk(reference, upto=max(pc.config.layers))))
             heat = torch.cdist(torch.from_numpy(flat), torch.from_numpy(neighbour)).amin(dim=1)
             heatmaps.append(heat.reshape(grid, grid))
             extras.append({
