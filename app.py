@@ -105,7 +105,7 @@ def build_app(catalogue: Catalogue) -> gr.Blocks:
             api_image = gr.File(label="image")
             api_category = gr.Textbox(label="category")
             api_method = gr.Textbox(label="method")
-            api_out_image = gr.Image(format="png")
+            api_out_image = gr.Image(format="jpeg")  # ~10x smaller than PNG for photos: faster round trips
             api_out_json = gr.JSON()
             api_detect, api_explain, api_info = gr.Button(), gr.Button(), gr.Button()
         api_detect.click(detect, [api_image, api_category], [api_out_image, api_out_json], api_name="detect",

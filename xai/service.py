@@ -19,6 +19,8 @@ from xai.inspector import Inspector
 from xai.io import ImageSource, load_image
 from xai.render import overlay
 
+MAX_OVERLAY_SIDE = 512  # returned pictures: enough to see the defect, small enough to travel fast
+
 DEFAULT_BUNDLES = "defect-xai/mvtec-bottle,defect-xai/elpv-solar-cells"
 CAPTIONS = {
     "anomaly_map": "Where this part differs from every good part the detector has seen.",
@@ -83,6 +85,7 @@ class Catalogue:
         inspector = self.get(category)
         picture = load_image(image)
         result = inspector.detect(picture)
+        picture = _shrink(picture)
         payload = {"category": inspector.bundle.category, **result.to_json()}
         if result.anomaly_map is None:
             return picture, payload
@@ -98,6 +101,7 @@ class Catalogue:
                                f"it supports {', '.join(inspector.methods())}.")
         picture = load_image(image)
         exp = inspector.explain(picture, method)
+        picture = _shrink(picture)
         heat = np.abs(exp.heatmap) if method in ("integrated_gradients", "occlusion", "shap") else exp.heatmap
         payload = {"category": inspector.bundle.category, "caption": CAPTIONS.get(method, ""), **exp.to_json()}
         return overlay(picture, heat), payload
@@ -118,3 +122,11 @@ class Catalogue:
             "methods": {name: CAPTIONS.get(name, "") for name in METHODS},
             "versions": {"defect_xai": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
+
+
+def _shrink(picture: Image.Image) -> Image.Image:
+    """The picture at most MAX_OVERLAY_SIDE on its longer side (aspect kept)."""
+    scale = MAX_OVERLAY_SIDE / max(picture.size)
+    if scale >= 1:
+        return picture
+    return picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.BILINEAR)
