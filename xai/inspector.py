@@ -92,7 +92,7 @@ class Inspector:
 
     def explain_context(self):
         """What the explainers need from this bundle (built once, cached on the inspector)."""
-        if getattr(self, "_context", None) is None:
+        if self._context is None:
             from xai.explainers import ExplainContext
             from xai.explainers.retrieval import RetrievalIndex
 

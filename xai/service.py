@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from xai.bundle import BundleError, load
+from xai.explainers import METHODS
 from xai.inspector import Inspector
 from xai.io import ImageSource, load_image
 from xai.render import overlay
@@ -102,7 +103,7 @@ class Catalogue:
         picture = load_image(image)
         exp = inspector.explain(picture, method)
         picture = _shrink(picture)
-        heat = np.abs(exp.heatmap) if method in ("integrated_gradients", "occlusion", "shap") else exp.heatmap
+        heat = np.abs(exp.heatmap) if METHODS[method].signed else exp.heatmap  # show evidence either way
         payload = {"category": inspector.bundle.category, "caption": CAPTIONS.get(method, ""), **exp.to_json()}
         return overlay(picture, heat), payload
 
@@ -110,7 +111,6 @@ class Catalogue:
         import torch
 
         from xai import __version__
-        from xai.explainers import METHODS
 
         return {
             "categories": {name: {"source": ins.bundle.source, "components": ins.bundle.components(),
