@@ -7,12 +7,15 @@ the page's events (webcam, clipboard, upload) are private.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import gradio as gr
 
 from xai.io import ImageInputError
-from xai.service import Catalogue, ServiceError
+from xai.outputs import OutputFolder
+from xai.render import explanations_markdown, verdict_markdown
+from xai.service import CAPTIONS, DETECTION_COLUMNS, QUALITY_COLUMNS, Catalogue, ServiceError
 
 SLOW_METHODS = ("smoothgrad", "integrated_gradients", "occlusion", "shap")
 EXPECTED = (ImageInputError, ServiceError, ValueError)
@@ -20,13 +23,12 @@ EXPECTED = (ImageInputError, ServiceError, ValueError)
 
 def _guard(fn):
     """Turn expected failures into gr.Error (a message, never a stack trace); the app keeps serving."""
-    def wrapped(*args):
+    @functools.wraps(fn)  # keeps the signature: Gradio reads it to inject gr.Progress
+    def wrapped(*args, **kwargs):
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except EXPECTED as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-    wrapped.__name__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
     return wrapped
 
 
@@ -36,9 +38,10 @@ def _path(file) -> str:
     return file if isinstance(file, str) else getattr(file, "name", str(file))
 
 
-def build_app(catalogue: Catalogue) -> gr.Blocks:
-    """The Blocks app over an already loaded catalogue."""
+def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None) -> gr.Blocks:
+    """The Blocks app over an already loaded catalogue; returned pictures are written to `outputs`."""
     categories = catalogue.categories
+    outputs = outputs or OutputFolder()
 
     def methods_for(category: str | None) -> list[str]:
         try:
@@ -46,59 +49,99 @@ def build_app(catalogue: Catalogue) -> gr.Blocks:
         except ServiceError:
             return []
 
+    def quick(category: str | None) -> list[str]:
+        return [m for m in methods_for(category) if m not in SLOW_METHODS][:3]
+
+    def card(category: str | None):
+        detection, quality = catalogue.report_card(category) if categories else ([], [])
+        return gr.Dataframe(value=detection, headers=DETECTION_COLUMNS), gr.Dataframe(value=quality,
+                                                                                      headers=QUALITY_COLUMNS)
+
+    def detect_as(image, category, fmt: str):
+        picture, payload = catalogue.detect(_path(image), category)
+        return outputs.save(picture, fmt), payload
+
     @_guard
     def detect(image, category):
         """Verdict and anomaly-map overlay for one image of a part."""
-        return catalogue.detect(_path(image), category)
+        return detect_as(image, category, "jpeg")
 
     @_guard
     def explain(image, category, method, progress=gr.Progress()):
         """One explanation method's overlay and its JSON."""
         if method in SLOW_METHODS:
             progress(0, desc=f"{method}: running the model many times ...")
-        return catalogue.explain(_path(image), category, method)
+        picture, payload = catalogue.explain(_path(image), category, method)
+        return outputs.save(picture), payload
 
     def info():
         """Categories with provenance and metrics, explanation methods, versions."""
         return catalogue.info()
 
-    def report_card(category):
-        metrics = catalogue.info()["categories"].get(category, {}).get("metrics", {}) if category else {}
-        return metrics or {"note": "this bundle has no stored evaluation yet"}
+    @_guard
+    def page_detect(image, category):
+        picture, verdict = detect_as(image, category, "png")
+        return picture, verdict_markdown(verdict), verdict
 
+    @_guard
+    def page_explain(image, category, methods, progress=gr.Progress()):
+        def step(i: int, n: int, method: str) -> None:
+            progress((i, n), desc=f"{method}" + (" (slow: many model runs)" if method in SLOW_METHODS else ""))
+
+        panels, supporting, payloads = catalogue.explain_many(_path(image), category, list(methods or []), step)
+        return ([(outputs.save(p, "png"), c) for p, c in panels], explanations_markdown(payloads, CAPTIONS),
+                [(outputs.save(p), c) for p, c in supporting], payloads)
+
+    def choose_category(category):
+        return (gr.CheckboxGroup(choices=methods_for(category), value=quick(category)), *card(category))
+
+    first = categories[0] if categories else None
     with gr.Blocks(title="defect-xai", fill_width=True) as demo:
         gr.Markdown("# defect-xai — explainable visual inspection\nUpload a photo of a part: the verdict comes "
                     "first, then *where* (anomaly map) and *why* (the explanations you pick).")
         if catalogue.failures:
             gr.Markdown("**Not loaded:** " + "; ".join(f"`{s}`: {r}" for s, r in catalogue.failures.items()))
-        with gr.Row():
-            with gr.Column(scale=1, min_width=280):
-                category = gr.Dropdown(categories, value=categories[0] if categories else None, label="Category")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                category = gr.Dropdown(categories, value=first, label="Category")
                 image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Part")
                 detect_btn = gr.Button("Inspect", variant="primary")
-            with gr.Column(scale=1, min_width=280):
-                verdict_img = gr.Image(label="Anomaly map (cyan: above threshold)", format="png")
-                verdict = gr.JSON(label="Verdict")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=280):
-                first_methods = methods_for(categories[0] if categories else None)
-                method = gr.Dropdown(first_methods, value=first_methods[0] if first_methods else None,
-                                     label="Explanation method (slow ones: smoothgrad, IG, occlusion, shap)")
-                explain_btn = gr.Button("Explain")
-            with gr.Column(scale=1, min_width=280):
-                explain_img = gr.Image(label="Explanation", format="png")
-                explanation = gr.JSON(label="Explanation details")
+                examples = catalogue.examples()
+                if examples:
+                    gr.Examples(examples, [image, category], label="Examples (from the bundles' test splits)",
+                                examples_per_page=12, cache_examples=False)
+            with gr.Column(scale=1, min_width=300):
+                verdict_text = gr.Markdown("Upload a part and press **Inspect**.")
+                verdict_img = gr.Image(label="Anomaly map (cyan: above threshold)", format="png", interactive=False)
+                with gr.Accordion("Verdict JSON (what /detect returns)", open=False):
+                    verdict = gr.JSON(label="Verdict")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                methods = gr.CheckboxGroup(methods_for(first), value=quick(first), label="Explanation methods "
+                                           "(smoothgrad, integrated_gradients, occlusion and shap take seconds)")
+                explain_btn = gr.Button("Explain", variant="primary")
+                explained = gr.Markdown()
+                with gr.Accordion("Explanation JSON (what /explain returns, per method)", open=False):
+                    explanation = gr.JSON(label="Explanation details")
+            with gr.Column(scale=2, min_width=300):
+                panels = gr.Gallery(label="Explanations (method · time — what it answers)", columns=3,
+                                    height="auto", object_fit="contain", format="png")
+                supporting = gr.Gallery(label="Evidence: SHAP plot, nearest good images and patches", columns=4,
+                                        height="auto", object_fit="contain")
         with gr.Accordion("Report card: this category's measured quality", open=False):
-            card = gr.JSON(value=report_card(categories[0]) if categories else {})
+            gr.Markdown("Detection on the test split, and how far each explanation can be trusted on the test "
+                        "defects (pointing game and heatmap AUROC: higher is better; randomisation similarity: "
+                        "lower is better, the map must change when the model's weights are randomised).")
+            detection_table, quality_table = card(first)
 
         # page events (private)
-        detect_btn.click(detect, [image, category], [verdict_img, verdict], api_name="ui_detect",
-                         api_visibility="private",
-                         concurrency_id="detect", concurrency_limit=4)
-        explain_btn.click(explain, [image, category, method], [explain_img, explanation], api_name="ui_explain",
-                          api_visibility="private", concurrency_id="explain", concurrency_limit=1)
-        category.change(lambda c: (gr.Dropdown(choices=methods_for(c)), report_card(c)), category,
-                        [method, card], api_name="ui_category", api_visibility="private")
+        detect_btn.click(page_detect, [image, category], [verdict_img, verdict_text, verdict], api_name="ui_detect",
+                         api_visibility="private", concurrency_id="detect", concurrency_limit=4)
+        explain_btn.click(page_explain, [image, category, methods], [panels, explained, supporting, explanation],
+                          api_name="ui_explain", api_visibility="private", concurrency_id="explain",
+                          concurrency_limit=1)
+        category.change(choose_category, category, [methods, detection_table, quality_table],
+                        api_name="ui_category", api_visibility="private")
 
         # public API: file inputs so xai.io sees every upload as sent
         with gr.Row(visible=False):

@@ -43,6 +43,43 @@ def test_detect_and_explain_in_process(catalogue, part):
     assert shown.size == (256, 256) and exp["method"] == "gradcam" and exp["caption"]
 
 
+def test_several_explanations_side_by_side(catalogue, part):
+    steps = []
+    panels, supporting, payloads = catalogue.explain_many(part, "binary", ["gradcam", "retrieval", "anomaly_map"],
+                                                          lambda i, n, m: steps.append((i, n, m)))
+    assert steps == [(0, 3, "gradcam"), (1, 3, "retrieval"), (2, 3, "anomaly_map")]
+    assert [c.split(" ·")[0] for _, c in panels] == ["gradcam", "retrieval", "anomaly_map"]
+    assert all(p.size == (256, 256) and " ms — " in c for p, c in panels)
+    # retrieval brings its trace: the upload with its worst patch boxed, 3 nearest images, 3 nearest patches
+    assert len(supporting) == 7 and supporting[0][0].size == (256, 256)
+    assert "most anomalous patch" in supporting[0][1] and "nearest good image" in supporting[1][1]
+    assert set(payloads) == {"gradcam", "retrieval", "anomaly_map"}
+    with pytest.raises(ServiceError, match="at least one"):
+        catalogue.explain_many(part, "binary", [])
+
+
+def test_examples_and_report_card_come_from_the_evaluated_bundle(classifier_bundle, binary_folder, tmp_path):
+    import shutil
+
+    from training import evaluate
+    from training.cli import run
+
+    bundle = tmp_path / "binary"
+    shutil.copytree(classifier_bundle, bundle)
+    assert run(evaluate.main, ["--layout", "imagefolder", "--data", str(binary_folder), "--bundle", str(bundle),
+                               "--json", str(tmp_path / "e.json")]) == 0
+    catalogue = Catalogue.from_sources(str(bundle))
+    examples = catalogue.examples()
+    # the first test pictures of each class, 3 per class for 2 classes, copied into the bundle
+    assert len(examples) == 6 and all(path.startswith(str(bundle / "examples")) for path, _ in examples)
+    assert {category for _, category in examples} == {"binary"}
+    labels = [label for _, label in catalogue.get("binary").bundle.examples()]
+    assert labels == ["blob"] * 3 + ["good"] * 3
+    detection, quality = catalogue.report_card("binary")
+    assert [row[0] for row in detection] == ["patchcore", "classifier_cnn", "classifier_vit"]
+    assert all(0.5 < row[1] <= 1 for row in detection) and quality == []
+
+
 def test_bad_requests_have_clear_messages(catalogue, part, tmp_path):
     with pytest.raises(ServiceError, match="Unknown category"):
         catalogue.detect(part, "nope")
@@ -111,5 +148,18 @@ def test_gradio_client_round_trip(catalogue, part, tmp_path):
                 client.predict(handle_file(str(bad)), "binary", api_name="/detect")
         # still serving after the bad upload
         assert client.predict(handle_file(str(part)), "binary", api_name="/detect")[1]["label"] == "blob"
+        # identical requests at once: every response arrives whole (Gradio's in-place cache rewrite once cut
+        # some short, see xai/outputs.py)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def call(_):
+            path, verdict = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+                handle_file(str(part)), "binary", api_name="/detect")
+            with Image.open(path) as im:
+                im.load()
+            return verdict["label"]
+
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(call, range(12))) == ["blob"] * 12
     finally:
         demo.close()

@@ -1,7 +1,8 @@
 """End to end in a real browser: Playwright drives Debian's Chromium against the app on localhost.
 
-It uploads a part, runs Inspect and one explanation, checks that both results appear, and saves a screenshot
-to out/screenshots/app.png (ignored by git).
+It uploads a part, runs Inspect and the default explanations, checks that the verdict and the captioned panels
+appear, repeats the inspection at phone width (no sideways scrolling) and inside an iframe, and saves
+screenshots to out/screenshots/ (app.png, app-phone.png, app-iframe.png; ignored by git).
 """
 
 from __future__ import annotations
@@ -48,9 +49,32 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
             page.get_by_role("button", name="Inspect").click()
             expect(page.get_by_text('"is_defect"').first).to_be_visible(timeout=60_000)
             expect(page.get_by_text('"label"').first).to_be_visible()
+            expect(page.get_by_text("DEFECT: blob")).to_be_visible()  # the verdict headline comes first
             page.get_by_role("button", name="Explain").click()
-            expect(page.get_by_text('"method"').first).to_be_visible(timeout=120_000)
+            expect(page.get_by_text("gradcam · ").first).to_be_visible(timeout=120_000)  # a captioned panel
+            expect(page.get_by_role("cell", name="Regions whose features drive the CNN's defect score",
+                                    exact=False).first).to_be_visible()
             page.screenshot(path=str(shots / "app.png"), full_page=True)
+
+            # phone width: nothing wider than the screen, and the same flow works
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+            phone.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+            phone.locator("input[type=file]").first.set_input_files(str(part))
+            phone.get_by_role("button", name="Inspect").click()
+            expect(phone.get_by_text("DEFECT: blob")).to_be_visible(timeout=60_000)
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+            phone.screenshot(path=str(shots / "app-phone.png"), full_page=True)
+
+            # embedded in another page as an iframe
+            host = browser.new_page(viewport={"width": 1000, "height": 900})
+            host.set_content(f'<h1>Line 3 inspection</h1><iframe src="http://127.0.0.1:{port}/" '
+                             'width="960" height="800" style="border:0"></iframe>')
+            frame = host.frame_locator("iframe")
+            frame.locator("input[type=file]").first.set_input_files(str(part))
+            frame.get_by_role("button", name="Inspect").click()
+            expect(frame.get_by_text("DEFECT: blob")).to_be_visible(timeout=60_000)
+            host.screenshot(path=str(shots / "app-iframe.png"))
             browser.close()
     finally:
         demo.close()

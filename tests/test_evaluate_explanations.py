@@ -43,6 +43,16 @@ def test_contract_json_and_stored_table(full_bundle, texture_data, tmp_path):
     assert result["methods"]["anomaly_map"]["heatmap_auroc"] > 0.9
     stored = json.loads((full_bundle / "bundle.json").read_text())["metrics"]["explanations"]
     assert stored == result
+    # the app's report card shows the stored table, one row per method, columns in QUALITY_COLUMNS order
+    from xai.service import QUALITY_COLUMNS, Catalogue
+
+    catalogue = Catalogue.from_sources(str(full_bundle))
+    _, quality = catalogue.report_card(catalogue.categories[0])
+    assert [row[0] for row in quality] == list(result["methods"])
+    assert quality[0][1:-1] == [result["methods"]["anomaly_map"][k] for k in QUALITY_COLUMNS[1:-1]]
+    for row in quality:  # the last column reads the randomisation check
+        assert row[-1] == ("passes" if row[QUALITY_COLUMNS.index("randomization_similarity")] <= 0.5 else
+                           "FAILS: map barely depends on the weights")
 
 
 def test_unsupported_method_is_one_clear_error(texture_bundle, texture_data, tmp_path, capsys):

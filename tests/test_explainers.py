@@ -78,6 +78,30 @@ class SmoothHead(nn.Module):
         return self.fc(nn.functional.softplus(self.conv(f)).mean(dim=(2, 3)))
 
 
+def test_randomised_heads_are_freshly_initialised_models_that_still_carry_a_signal(inspector, defect_image):
+    import math
+
+    context = inspector.explain_context()
+    random = context.randomised(seed=0)
+    trained_cnn, cnn = context.heads["classifier_cnn"], random.heads["classifier_cnn"]
+    conv = cnn.conv_head  # He init on fan-out, zero bias: how EfficientNet initialises it
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1] // conv.groups
+    assert float(conv.weight.std()) == pytest.approx(math.sqrt(2 / fan_out), rel=0.05)
+    assert conv.bias is None or not conv.bias.any()
+    assert float(random.heads["classifier_vit"].classifier.weight.std()) == pytest.approx(0.02, rel=0.1)
+    assert not torch.equal(trained_cnn.conv_head.weight, conv.weight)  # the trained head is untouched
+    # the signal survives the random stack: logits differ between images about as much as the trained
+    # head's do (PyTorch's generic reset_parameters left ~1e-3, which let GradCAM++'s epsilon shape the map)
+    rng = np.random.default_rng(3)
+    x = preprocess([__import__("PIL.Image").Image.fromarray(im) for im in
+                    (defect_image, texture(rng), add_defect(texture(rng), rng, "scratch")[0], texture(rng))])
+    with torch.no_grad():
+        features = context.trunk(x, upto=4)[4]
+        spread_trained = trained_cnn(features).std(0).max()
+        spread_random = cnn(features).std(0).max()
+    assert spread_random > 0.05 * spread_trained
+
+
 @pytest.mark.parametrize("baseline", ["black", "blur", "noise"])
 def test_integrated_gradients_completeness_on_a_smooth_model(baseline):
     """Attributions sum to F(x) - F(baseline): within 1 % of the gap at 32 steps on a smooth model."""

@@ -22,7 +22,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from training.card import write_card
 from training.cli import progress, run
 from training.data import LAYOUTS, DataError, Dataset, load_dataset
-from xai.bundle import read_meta, write_meta
+from xai.bundle import read_meta, save_examples, write_meta
 from xai.inspector import Inspector
 from xai.metrics import aupro, auroc, binary_report
 
@@ -120,6 +120,15 @@ def evaluate_bundle(inspector: Inspector, dataset: Dataset) -> dict:
     return out
 
 
+def pick_examples(dataset: Dataset, total: int = 6) -> list[tuple[Path, str]]:
+    """The first test pictures (by file name) of each class, the same number per class: no cherry-picking."""
+    by_label: dict[str, list[Path]] = {}
+    for sample in dataset.test:
+        by_label.setdefault(sample.label, []).append(sample.path)
+    per_label = max(1, total // max(1, len(by_label)))
+    return [(path, label) for label in sorted(by_label) for path in sorted(by_label[label])[:per_label]][:total]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data", help="dataset folder (optional for --layout elpv)")
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = read_meta(bundle_dir)
         meta.setdefault("metrics", {}).update({k: v for k, v in result.items() if k != "n_images"})
         meta["metrics"]["n_images"] = result["n_images"]
+        save_examples(bundle_dir, meta, pick_examples(dataset))
         write_meta(bundle_dir, meta)
         write_card(bundle_dir)
     print(json.dumps(result, indent=2))

@@ -48,6 +48,11 @@ class Bundle:
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         return load_file(str(self.file(name)))
 
+    def examples(self) -> list[tuple[Path, str]]:
+        """The example pictures `training.evaluate` stored (file, true label); those missing are skipped."""
+        found = [(self.path / e["file"], e["label"]) for e in self.meta.get("examples", [])]
+        return [(path, label) for path, label in found if path.is_file()]
+
 
 def parse_source(source: str) -> tuple[str, str | None, str | None]:
     """`org/name[@revision][/sub/folder]` -> (repo_id, revision, subfolder)."""
@@ -125,6 +130,25 @@ def save_tensors(folder: Path, name: str, tensors: dict[str, torch.Tensor], meta
 PATCHCORE_WEIGHTS = "patchcore.safetensors"
 PATCHCORE_INDEX = "patchcore.faiss"
 RETRIEVAL_DIR = "retrieval"
+EXAMPLES_DIR = "examples"
+EXAMPLE_SIDE = 512
+
+
+def save_examples(folder: Path, meta: dict, examples: list[tuple[Path, str]]) -> None:
+    """Copy test pictures into `examples/` (JPEG, at most EXAMPLE_SIDE px) and list them in `meta`: the app's
+    examples then travel with the bundle instead of being committed anywhere."""
+    from xai.io import load_image
+
+    out = folder / EXAMPLES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    listed = []
+    for i, (path, label) in enumerate(examples):
+        picture = load_image(path)
+        picture.thumbnail((EXAMPLE_SIDE, EXAMPLE_SIDE))
+        name = f"{EXAMPLES_DIR}/{i:02d}_{''.join(c if c.isalnum() else '_' for c in label)}.jpg"
+        picture.save(folder / name, "JPEG", quality=90)
+        listed.append({"file": name, "label": label, "source": Path(path).name})
+    meta["examples"] = listed
 
 
 def thumbnail_name(index: int) -> str:

@@ -69,6 +69,13 @@ class CNNHead(nn.Module):
         x = self.bn2(self.conv_head(self.stages(features)))
         return self.classifier(self.dropout(self.pool(x).flatten(1)))
 
+    def reinitialise(self) -> None:
+        """Random weights as EfficientNet initialises them (timm's TF-style He init, zero biases); on a
+        BN-folded copy this equals a fresh model whose batch norms are the identity."""
+        from timm.models.efficientnet import efficientnet_init_weights
+
+        efficientnet_init_weights(self)
+
 
 class ViTHead(nn.Module):
     """Linear patch projection + CLS token + learned positions + timm transformer blocks + linear classifier."""
@@ -106,6 +113,17 @@ class ViTHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.blocks(self.tokens(features)))
         return self.classifier(self.dropout(x[:, 0]))
+
+    def reinitialise(self) -> None:
+        """Random weights as timm initialises a ViT (truncated normal 0.02, zero biases, unit norms)."""
+        from timm.models.vision_transformer import init_weights_vit_timm
+
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for name, module in self.named_modules():
+            init_weights_vit_timm(module, name)
+            if isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
 
 
 def create_head(config: HeadConfig, imagenet_model: nn.Module | None = None) -> nn.Module:

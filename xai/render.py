@@ -31,3 +31,60 @@ def overlay(image: Image.Image, heatmap: np.ndarray, contour_at: float | None = 
         out[edge > 0] = (0, 255, 255)
         blended = Image.fromarray(out)
     return blended
+
+
+def evidence(exp, picture: Image.Image, input_size: int) -> list[tuple[Image.Image, str]]:
+    """Supporting pictures of one explanation, each with a caption: SHAP's own plot; for the retrieval trace
+    the upload with its most anomalous patch boxed, then the nearest good images and nearest good patches."""
+    import io
+
+    extras = exp.extras
+    out: list[tuple[Image.Image, str]] = []
+    if "plot_png" in extras:
+        out.append((Image.open(io.BytesIO(extras["plot_png"])).convert("RGB"), "SHAP values (shap.image_plot)"))
+    if "anomalous_patch" in extras:
+        patch = extras["anomalous_patch"]
+        out.append((_boxed(picture, patch["box"], input_size),
+                    f"most anomalous patch: distance {patch['distance']:.2f} to the nearest good patch"))
+        for near in extras["nearest_images"]:
+            with Image.open(near["thumbnail"]) as thumb:
+                caption = f"nearest good image {near['name']} (cosine {near['similarity']:.3f})"
+                out.append((thumb.convert("RGB"), caption))
+        for near in extras["nearest_patches"]:
+            with Image.open(near["thumbnail"]) as thumb:
+                out.append((_boxed(thumb.convert("RGB"), near["box"], input_size),
+                            f"nearest good patch in {near['name']} (distance {near['distance']:.2f})"))
+    return out
+
+
+def _boxed(picture: Image.Image, box: list[int], input_size: int) -> Image.Image:
+    """`picture` with a cyan rectangle at `box`, given in model-input pixels."""
+    from PIL import ImageDraw
+
+    sx, sy = picture.width / input_size, picture.height / input_size
+    x0, y0, x1, y1 = box
+    out = picture.convert("RGB")  # a copy
+    ImageDraw.Draw(out).rectangle([x0 * sx, y0 * sy, min(x1 * sx, picture.width - 1), min(y1 * sy, picture.height - 1)],
+                                  outline=(0, 255, 255), width=max(2, round(min(picture.size) / 120)))
+    return out
+
+
+def verdict_markdown(verdict: dict) -> str:
+    """The /detect JSON as a headline a person reads first, then every component's score against its threshold."""
+    mark = "DEFECT" if verdict["is_defect"] else "GOOD"
+    lines = [f"### {mark}: {verdict['label']}",
+             f"score **{verdict['score']:.3f}** against threshold {verdict['threshold']:.3f} "
+             f"(decided by `{verdict['decided_by']}`) · {sum(verdict['timings_ms'].values()):.0f} ms", "",
+             "| component | score | threshold | says |", "|---|---|---|---|"]
+    for name, score in verdict["scores"].items():
+        threshold = verdict["thresholds"].get(name)
+        says = "—" if threshold is None else ("defect" if score > threshold else "good")
+        lines.append(f"| {name} | {score:.3f} | {'' if threshold is None else f'{threshold:.3f}'} | {says} |")
+    return "\n".join(lines)
+
+
+def explanations_markdown(payloads: dict, captions: dict) -> str:
+    """One row per explanation: the method, what it answers and how long it took."""
+    lines = ["| method | what it answers | ms |", "|---|---|---|"]
+    lines += [f"| {name} | {captions.get(name, '')} | {p['ms']:.0f} |" for name, p in payloads.items()]
+    return "\n".join(lines)

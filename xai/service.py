@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ from xai.bundle import BundleError, load
 from xai.explainers import METHODS
 from xai.inspector import Inspector
 from xai.io import ImageSource, load_image
-from xai.render import overlay
+from xai.render import evidence, overlay
 
 MAX_OVERLAY_SIDE = 512  # returned pictures: enough to see the defect, small enough to travel fast
 
@@ -35,6 +36,10 @@ CAPTIONS = {
     "occlusion": "How much hiding each 32 px window lowers the defect score (slow: many model runs).",
     "shap": "SHAP values of image regions for the defect probability (slow: 300 model runs).",
 }
+DETECTION_COLUMNS = ["component", "image_auroc", "pixel_auroc", "aupro", "f1", "accuracy", "ms_per_image"]
+QUALITY_COLUMNS = ["method", "pointing_game", "energy_in_mask", "heatmap_auroc", "deletion_auc", "insertion_auc",
+                   "randomization_similarity", "ms", "sanity_check"]
+RANDOMISATION_LIMIT = 0.5  # a map that stays this similar when the weights are random does not explain the model
 
 
 class ServiceError(ValueError):
@@ -71,6 +76,10 @@ class Catalogue:
     def categories(self) -> list[str]:
         return list(self.inspectors)
 
+    def examples(self) -> list[list[str]]:
+        """[[picture path, category], ...] from every loaded bundle's stored examples."""
+        return [[str(path), name] for name, ins in self.inspectors.items() for path, _ in ins.bundle.examples()]
+
     def get(self, category: str | None) -> Inspector:
         if not self.inspectors:
             raise ServiceError("No category is loaded: " + "; ".join(f"{s}: {r}" for s, r in self.failures.items()))
@@ -96,16 +105,59 @@ class Catalogue:
         return shown, payload
 
     def explain(self, image: ImageSource, category: str | None, method: str) -> tuple[Image.Image, dict]:
+        """One method's overlay and JSON (the public /explain)."""
         inspector = self.get(category)
+        self._check_method(inspector, method)
+        picture = load_image(image)
+        exp = inspector.explain(picture, method)
+        return self._overlay(_shrink(picture), exp), self._payload(inspector, exp)
+
+    def explain_many(self, image: ImageSource, category: str | None, methods: list[str],
+                     on_method: Callable[[int, int, str], None] | None = None) -> tuple[list, list, dict]:
+        """Several methods side by side for the page: [(overlay, caption)], the supporting pictures (SHAP's plot,
+        the retrieval trace's neighbours) as [(picture, caption)], and every method's JSON by name."""
+        inspector = self.get(category)
+        if not methods:
+            raise ServiceError("Pick at least one explanation method.")
+        for method in methods:
+            self._check_method(inspector, method)
+        picture = load_image(image)
+        shown = _shrink(picture)
+        panels, supporting, payloads = [], [], {}
+        for i, method in enumerate(methods):
+            if on_method is not None:
+                on_method(i, len(methods), method)
+            exp = inspector.explain(picture, method)
+            panels.append((self._overlay(shown, exp), f"{method} · {exp.ms:.0f} ms — {CAPTIONS.get(method, '')}"))
+            supporting += evidence(exp, shown, inspector.input_size)
+            payloads[method] = self._payload(inspector, exp)
+        return panels, supporting, payloads
+
+    @staticmethod
+    def _check_method(inspector: Inspector, method: str) -> None:
         if method not in inspector.methods():
             raise ServiceError(f"{inspector.bundle.category} cannot run {method!r}; "
                                f"it supports {', '.join(inspector.methods())}.")
-        picture = load_image(image)
-        exp = inspector.explain(picture, method)
-        picture = _shrink(picture)
-        heat = np.abs(exp.heatmap) if METHODS[method].signed else exp.heatmap  # show evidence either way
-        payload = {"category": inspector.bundle.category, "caption": CAPTIONS.get(method, ""), **exp.to_json()}
-        return overlay(picture, heat), payload
+
+    @staticmethod
+    def _overlay(shown: Image.Image, exp) -> Image.Image:
+        heat = np.abs(exp.heatmap) if METHODS[exp.method].signed else exp.heatmap  # show evidence either way
+        return overlay(shown, heat)
+
+    @staticmethod
+    def _payload(inspector: Inspector, exp) -> dict:
+        return {"category": inspector.bundle.category, "caption": CAPTIONS.get(exp.method, ""), **exp.to_json()}
+
+    def report_card(self, category: str | None) -> tuple[list[list], list[list]]:
+        """The category's stored evaluation as two tables (rows of cells): detection per component, and
+        explanation quality per method. Empty tables when the bundle has not been evaluated."""
+        metrics = self.get(category).bundle.meta.get("metrics", {}) if self.inspectors else {}
+        detection = [[name, *(m.get(k) for k in DETECTION_COLUMNS[1:])]
+                     for name, m in metrics.items() if isinstance(m, dict) and "image_auroc" in m]
+        methods = metrics.get("explanations", {}).get("methods", {})
+        quality = [[name, *(m.get(k) for k in QUALITY_COLUMNS[1:-1]), _sanity(m.get("randomization_similarity"))]
+                   for name, m in methods.items()]
+        return detection, quality
 
     def info(self) -> dict:
         import torch
@@ -122,6 +174,12 @@ class Catalogue:
             "methods": {name: CAPTIONS.get(name, "") for name in METHODS},
             "versions": {"defect_xai": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
+
+
+def _sanity(similarity: float | None) -> str:
+    if similarity is None:
+        return "not measured"
+    return "passes" if similarity <= RANDOMISATION_LIMIT else "FAILS: map barely depends on the weights"
 
 
 def _shrink(picture: Image.Image) -> Image.Image:

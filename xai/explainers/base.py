@@ -71,15 +71,16 @@ class ExplainContext:
         return Classifier(self.trunk, self.heads[component]).eval()
 
     def randomised(self, seed: int = 0) -> ExplainContext:
-        """The same context with every head re-initialised and PatchCore's bank and image features replaced by
-        noise of the same per-dimension mean and spread: the model-randomisation check (Adebayo et al. 2018)."""
+        """The same context with every head re-initialised by its architecture's own initialiser and PatchCore's
+        bank and image features replaced by noise of the same per-dimension mean and spread: the
+        model-randomisation check (Adebayo et al. 2018). PyTorch's generic reset_parameters is not used: its
+        init shrinks the signal through the head's deep stack, and then GradCAM++'s epsilon, not the weights,
+        shapes the map."""
         torch.manual_seed(seed)
         heads = {}
         for name, head in self.heads.items():
             clone = copy.deepcopy(head)
-            for module in clone.modules():
-                if hasattr(module, "reset_parameters") and module is not clone:
-                    module.reset_parameters()
+            clone.reinitialise()
             heads[name] = clone.eval()
         patchcore = self.patchcore
         if patchcore is not None:
