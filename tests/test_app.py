@@ -39,6 +39,11 @@ def test_detect_and_explain_in_process(catalogue, part):
     picture, verdict = catalogue.detect(part, "binary")
     assert picture.size == (256, 256) and verdict["label"] == "blob" and verdict["is_defect"] is True
     assert {"score", "threshold", "scores", "timings_ms"} <= set(verdict)
+    from xai.render import verdict_markdown
+
+    text = verdict_markdown(verdict)  # the page's headline: verdict, score vs threshold, each component
+    assert text.startswith("### DEFECT: blob") and f"{verdict['timings_ms']['total']:.0f} ms" in text
+    assert all(f"| {name} | {score:.3f} |" in text for name, score in verdict["scores"].items())
     shown, exp = catalogue.explain(part, "binary", "gradcam")
     assert shown.size == (256, 256) and exp["method"] == "gradcam" and exp["caption"]
 

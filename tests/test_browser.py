@@ -46,11 +46,10 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
             page.locator("input[type=file]").first.set_input_files(str(part))
-            page.get_by_role("button", name="Inspect").click()
-            expect(page.get_by_text('"is_defect"').first).to_be_visible(timeout=60_000)
-            expect(page.get_by_text('"label"').first).to_be_visible()
-            expect(page.get_by_text("DEFECT: blob")).to_be_visible()  # the verdict headline comes first
-            page.get_by_role("button", name="Explain").click()
+            page.get_by_role("button", name="Inspect", exact=True).click()
+            expect(page.get_by_text("DEFECT: blob")).to_be_visible(timeout=60_000)  # the verdict headline first
+            expect(page.get_by_role("cell", name="classifier_cnn").first).to_be_visible()  # per-component scores
+            page.get_by_role("button", name="Explain", exact=True).click()
             expect(page.get_by_text("gradcam · ").first).to_be_visible(timeout=120_000)  # a captioned panel
             expect(page.get_by_role("cell", name="Regions whose features drive the CNN's defect score",
                                     exact=False).first).to_be_visible()
@@ -61,7 +60,7 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
             phone.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
             assert phone.evaluate("document.documentElement.scrollWidth") <= 390
             phone.locator("input[type=file]").first.set_input_files(str(part))
-            phone.get_by_role("button", name="Inspect").click()
+            phone.get_by_role("button", name="Inspect", exact=True).click()
             expect(phone.get_by_text("DEFECT: blob")).to_be_visible(timeout=60_000)
             assert phone.evaluate("document.documentElement.scrollWidth") <= 390
             phone.screenshot(path=str(shots / "app-phone.png"), full_page=True)
@@ -72,7 +71,7 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
                              'width="960" height="800" style="border:0"></iframe>')
             frame = host.frame_locator("iframe")
             frame.locator("input[type=file]").first.set_input_files(str(part))
-            frame.get_by_role("button", name="Inspect").click()
+            frame.get_by_role("button", name="Inspect", exact=True).click()
             expect(frame.get_by_text("DEFECT: blob")).to_be_visible(timeout=60_000)
             host.screenshot(path=str(shots / "app-iframe.png"))
             browser.close()

@@ -75,3 +75,14 @@ def test_elpv_layout():
     with Image.open(ds.test[0].path) as im:
         assert im.size == (300, 300)
     assert np.isclose(sum(s.is_defect for s in ds.test) / len(ds.test), probs_defect / 2624, atol=0.01)
+
+
+def test_input_size_comes_from_the_bundle_then_the_layout(tmp_path):
+    import json
+
+    from training.data import input_size_for
+
+    assert input_size_for("elpv") == 320 and input_size_for("mvtec") == 224
+    assert input_size_for("imagefolder", tmp_path / "new") == 224  # no bundle yet
+    (tmp_path / "bundle.json").write_text(json.dumps({"preprocessing": {"input_size": 256}}))
+    assert input_size_for("elpv", tmp_path) == 256  # components of one bundle share their input size

@@ -50,7 +50,7 @@ def relative_name(path: Path, root: str) -> str:
 
 def training_parser(prog: str, doc: str | None):
     """argparse parser with the options every training command shares (--data, --out, --layout, --category,
-    --test-fraction, --seed)."""
+    --test-fraction, --seed, --input-size)."""
     import argparse
 
     from training.data import LAYOUTS
@@ -62,4 +62,6 @@ def training_parser(prog: str, doc: str | None):
     parser.add_argument("--category", help="category name shown in the app (default: the dataset's name)")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--input-size", type=int, help="model input side in px (default: the bundle's, if it has "
+                        "components, else the layout's: 320 for elpv, 224 otherwise)")
     return parser

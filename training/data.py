@@ -11,6 +11,20 @@ import numpy as np
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 NORMAL_NAMES = {"good", "ok", "normal", "negative", "free"}
 LAYOUTS = ("mvtec", "imagefolder", "elpv")
+# Model input side per layout. Solar-cell cracks are a few pixels wide in 300 px cells; at 320 px the CNN head's
+# validation AUROC was 0.947 against 0.927 at 224 (8 epochs each), for 1.5x the time per image.
+INPUT_SIZES = {"mvtec": 224, "imagefolder": 224, "elpv": 320}
+
+
+def input_size_for(layout: str, bundle: Path | None = None) -> int:
+    """The size a new component is trained at: the bundle's recorded size when it has one (components of one
+    bundle share it), else the layout's default."""
+    meta = Path(bundle) / "bundle.json" if bundle is not None else None
+    if meta is not None and meta.is_file():
+        recorded = json.loads(meta.read_text()).get("preprocessing", {}).get("input_size")
+        if recorded:
+            return int(recorded)
+    return INPUT_SIZES.get(layout, 224)
 
 
 class DataError(ValueError):

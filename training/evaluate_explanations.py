@@ -7,8 +7,9 @@ mask, heatmap AUROC, RISE deletion and insertion AUC (16 steps; removed pixels t
 good training image, so deleting a defect means showing a good part there, or of the image blurred with
 sigma 10 px for bundles without retrieval data; the score is the classifier's probability of the explained
 class, or PatchCore's score relative to its threshold for bundles without a classifier), the
-model-randomisation check (Spearman correlation with the same method on re-initialised heads and a noise
-memory bank; low is good) and median ms.
+model-randomisation check (Spearman correlation with the same method on heads re-initialised as their
+architectures initialise them and a noise memory bank; low is good; averaged over the images where both maps
+vary, null where none does, e.g. SHAP when the random head's probability saturates) and median ms.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def masked_defects(dataset: Dataset, limit: int | None, seed: int = 0) -> list:
     return samples
 
 
+METRIC_KEYS = ("pointing_game", "energy_in_mask", "heatmap_auroc", "deletion_auc", "insertion_auc",
+               "randomization_similarity", "ms")
+
+
 def evaluate_methods(inspector: Inspector, samples: list, methods: list[str]) -> dict:
     """The contract JSON for `methods` over `samples`."""
     context = inspector.explain_context()
@@ -98,8 +103,8 @@ def evaluate_methods(inspector: Inspector, samples: list, methods: list[str]) ->
                     rows[method].setdefault(key, []).append(value)
     out = {}
     for method, metrics in rows.items():
-        out[method] = {k: round(statistics.median(v) if k == "ms" else float(np.mean(v)), 4)
-                       for k, v in metrics.items()}
+        out[method] = {k: (round(statistics.median(v) if k == "ms" else float(np.mean(v)), 4) if v else None)
+                       for k in METRIC_KEYS for v in [metrics.get(k, [])]}
     return {"n_images": len(samples), "methods": out}
 
 

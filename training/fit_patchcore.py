@@ -22,7 +22,7 @@ from PIL import Image
 from training.bundle_meta import describe
 from training.card import write_card
 from training.cli import relative_name, run, training_parser
-from training.data import DataError, Dataset, Sample, load_dataset
+from training.data import DataError, Dataset, Sample, input_size_for, load_dataset
 from training.features import image_batches
 from xai.backbone import TRUNKS, create_trunk, normalise
 from xai.bundle import RETRIEVAL_DIR, save_patchcore, thumbnail_name
@@ -114,7 +114,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--coreset-ratio", type=float, default=defaults.coreset_ratio)
     parser.add_argument("--max-bank-size", type=int, default=defaults.max_bank_size)
     parser.add_argument("--index", choices=("auto", "flat", "hnsw"), default=defaults.index)
-    parser.add_argument("--input-size", type=int, default=defaults.input_size)
     parser.add_argument("--batch-size", type=int, default=16)
     return parser.parse_args(argv)
 
@@ -123,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     dataset = load_dataset(args.layout, args.data, args.test_fraction, args.seed)
-    config = PatchCoreConfig(input_size=args.input_size, coreset_ratio=args.coreset_ratio,
+    config = PatchCoreConfig(input_size=args.input_size or input_size_for(args.layout, Path(args.out)),
+                             coreset_ratio=args.coreset_ratio,
                              max_bank_size=args.max_bank_size, index=args.index, seed=args.seed)
     start = time.perf_counter()
     info = fit(dataset, Path(args.out), config, args.batch_size, args.category,

@@ -108,8 +108,9 @@ def curve_auc(curve: np.ndarray) -> float:
     return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
 
 
-def rank_correlation(a: np.ndarray, b: np.ndarray, size: int = 56) -> float:
-    """Spearman correlation of two maps after average-pooling to size x size (the randomisation check)."""
+def rank_correlation(a: np.ndarray, b: np.ndarray, size: int = 56) -> float | None:
+    """Spearman correlation of two maps after average-pooling to size x size (the randomisation check); None
+    when either map is constant (undefined: e.g. SHAP on a randomised head whose probability saturates)."""
     from scipy.stats import spearmanr
 
     def pool(x: np.ndarray) -> np.ndarray:
@@ -118,5 +119,5 @@ def rank_correlation(a: np.ndarray, b: np.ndarray, size: int = 56) -> float:
 
     pa, pb = pool(a), pool(b)
     if np.ptp(pa) == 0 or np.ptp(pb) == 0:
-        return 0.0
+        return None
     return float(spearmanr(pa, pb).statistic)

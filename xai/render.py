@@ -74,7 +74,7 @@ def verdict_markdown(verdict: dict) -> str:
     mark = "DEFECT" if verdict["is_defect"] else "GOOD"
     lines = [f"### {mark}: {verdict['label']}",
              f"score **{verdict['score']:.3f}** against threshold {verdict['threshold']:.3f} "
-             f"(decided by `{verdict['decided_by']}`) · {sum(verdict['timings_ms'].values()):.0f} ms", "",
+             f"(decided by `{verdict['decided_by']}`) · {verdict['timings_ms']['total']:.0f} ms", "",
              "| component | score | threshold | says |", "|---|---|---|---|"]
     for name, score in verdict["scores"].items():
         threshold = verdict["thresholds"].get(name)

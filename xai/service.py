@@ -178,7 +178,7 @@ class Catalogue:
 
 def _sanity(similarity: float | None) -> str:
     if similarity is None:
-        return "not measured"
+        return "undefined (a map was constant)"
     return "passes" if similarity <= RANDOMISATION_LIMIT else "FAILS: map barely depends on the weights"
 
 
