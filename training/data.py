@@ -19,12 +19,10 @@ INPUT_SIZES = {"mvtec": 224, "imagefolder": 224, "elpv": 320}
 def input_size_for(layout: str, bundle: Path | None = None) -> int:
     """The size a new component is trained at: the bundle's recorded size when it has one (components of one
     bundle share it), else the layout's default."""
-    meta = Path(bundle) / "bundle.json" if bundle is not None else None
-    if meta is not None and meta.is_file():
-        recorded = json.loads(meta.read_text()).get("preprocessing", {}).get("input_size")
-        if recorded:
-            return int(recorded)
-    return INPUT_SIZES.get(layout, 224)
+    from xai.bundle import read_meta
+
+    recorded = read_meta(Path(bundle)).get("preprocessing", {}).get("input_size") if bundle is not None else None
+    return int(recorded) if recorded else INPUT_SIZES.get(layout, 224)
 
 
 class DataError(ValueError):

@@ -33,7 +33,15 @@ from xai.explainers.integrated_gradients import baseline_for
 from xai.explainers.retrieval import nearest_good_image
 from xai.inspector import Inspector
 from xai.io import load_image
-from xai.metrics import curve_auc, energy_in_mask, heatmap_auroc, perturbation_curve, pointing_game, rank_correlation
+from xai.metrics import (
+    EXPLANATION_METRICS,
+    curve_auc,
+    energy_in_mask,
+    heatmap_auroc,
+    perturbation_curve,
+    pointing_game,
+    rank_correlation,
+)
 
 
 def scorer(inspector: Inspector):
@@ -65,10 +73,6 @@ def masked_defects(dataset: Dataset, limit: int | None, seed: int = 0) -> list:
         order = np.random.default_rng(seed).permutation(len(samples))[:limit]
         samples = [samples[i] for i in sorted(order)]
     return samples
-
-
-METRIC_KEYS = ("pointing_game", "energy_in_mask", "heatmap_auroc", "deletion_auc", "insertion_auc",
-               "randomization_similarity", "ms")
 
 
 def evaluate_methods(inspector: Inspector, samples: list, methods: list[str]) -> dict:
@@ -104,7 +108,7 @@ def evaluate_methods(inspector: Inspector, samples: list, methods: list[str]) ->
     out = {}
     for method, metrics in rows.items():
         out[method] = {k: (round(statistics.median(v) if k == "ms" else float(np.mean(v)), 4) if v else None)
-                       for k in METRIC_KEYS for v in [metrics.get(k, [])]}
+                       for k in EXPLANATION_METRICS for v in [metrics.get(k, [])]}
     return {"n_images": len(samples), "methods": out}
 
 

@@ -116,9 +116,12 @@ class Inspector:
 
     def explain(self, source: ImageSource, method: str, target: int | None = None, **params):
         """Decode `source` and explain it with `method` (see xai.explainers.METHODS)."""
+        return self.explain_input(self.preprocess(load_image(source)), method, target, **params)
+
+    def explain_input(self, x: torch.Tensor, method: str, target: int | None = None, **params):
+        """Explain an already preprocessed batch: decode and resize once when several methods follow."""
         from xai.explainers import create_explainer
 
-        x = self.preprocess(load_image(source))
         return create_explainer(method, self.explain_context(), **params).explain(x, target)
 
     @property

@@ -6,6 +6,10 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import f1_score, roc_auc_score
 
+# the per-method keys of `training.evaluate_explanations` (DESIGN.md contract), in table order
+EXPLANATION_METRICS = ("pointing_game", "energy_in_mask", "heatmap_auroc", "deletion_auc", "insertion_auc",
+                       "randomization_similarity", "ms")
+
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC, or None when only one class is present (undefined)."""

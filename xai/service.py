@@ -19,6 +19,7 @@ from xai.bundle import BundleError, load
 from xai.explainers import METHODS
 from xai.inspector import Inspector
 from xai.io import ImageSource, load_image
+from xai.metrics import EXPLANATION_METRICS
 from xai.render import evidence, overlay
 
 MAX_OVERLAY_SIDE = 512  # returned pictures: enough to see the defect, small enough to travel fast
@@ -37,8 +38,7 @@ CAPTIONS = {
     "shap": "SHAP values of image regions for the defect probability (slow: 300 model runs).",
 }
 DETECTION_COLUMNS = ["component", "image_auroc", "pixel_auroc", "aupro", "f1", "accuracy", "ms_per_image"]
-QUALITY_COLUMNS = ["method", "pointing_game", "energy_in_mask", "heatmap_auroc", "deletion_auc", "insertion_auc",
-                   "randomization_similarity", "ms", "sanity_check"]
+QUALITY_COLUMNS = ["method", *EXPLANATION_METRICS, "sanity_check"]
 RANDOMISATION_LIMIT = 0.5  # a map that stays this similar when the weights are random does not explain the model
 
 
@@ -106,31 +106,31 @@ class Catalogue:
 
     def explain(self, image: ImageSource, category: str | None, method: str) -> tuple[Image.Image, dict]:
         """One method's overlay and JSON (the public /explain)."""
-        inspector = self.get(category)
-        self._check_method(inspector, method)
-        picture = load_image(image)
-        exp = inspector.explain(picture, method)
-        return self._overlay(_shrink(picture), exp), self._payload(inspector, exp)
+        panels, _, payloads = self.explain_many(image, category, [method])
+        return panels[0][0], payloads[method]
 
     def explain_many(self, image: ImageSource, category: str | None, methods: list[str],
                      on_method: Callable[[int, int, str], None] | None = None) -> tuple[list, list, dict]:
         """Several methods side by side for the page: [(overlay, caption)], the supporting pictures (SHAP's plot,
-        the retrieval trace's neighbours) as [(picture, caption)], and every method's JSON by name."""
+        the retrieval trace's neighbours) as [(picture, caption)], and every method's JSON by name. The image
+        is decoded and preprocessed once for all of them."""
         inspector = self.get(category)
         if not methods:
             raise ServiceError("Pick at least one explanation method.")
         for method in methods:
             self._check_method(inspector, method)
         picture = load_image(image)
-        shown = _shrink(picture)
+        x, shown = inspector.preprocess(picture), _shrink(picture)
         panels, supporting, payloads = [], [], {}
         for i, method in enumerate(methods):
             if on_method is not None:
                 on_method(i, len(methods), method)
-            exp = inspector.explain(picture, method)
-            panels.append((self._overlay(shown, exp), f"{method} · {exp.ms:.0f} ms — {CAPTIONS.get(method, '')}"))
+            exp = inspector.explain_input(x, method)
+            heat = np.abs(exp.heatmap) if METHODS[method].signed else exp.heatmap  # show evidence either way
+            panels.append((overlay(shown, heat), f"{method} · {exp.ms:.0f} ms — {CAPTIONS.get(method, '')}"))
             supporting += evidence(exp, shown, inspector.input_size)
-            payloads[method] = self._payload(inspector, exp)
+            payloads[method] = {"category": inspector.bundle.category, "caption": CAPTIONS.get(method, ""),
+                                **exp.to_json()}
         return panels, supporting, payloads
 
     @staticmethod
@@ -138,15 +138,6 @@ class Catalogue:
         if method not in inspector.methods():
             raise ServiceError(f"{inspector.bundle.category} cannot run {method!r}; "
                                f"it supports {', '.join(inspector.methods())}.")
-
-    @staticmethod
-    def _overlay(shown: Image.Image, exp) -> Image.Image:
-        heat = np.abs(exp.heatmap) if METHODS[exp.method].signed else exp.heatmap  # show evidence either way
-        return overlay(shown, heat)
-
-    @staticmethod
-    def _payload(inspector: Inspector, exp) -> dict:
-        return {"category": inspector.bundle.category, "caption": CAPTIONS.get(exp.method, ""), **exp.to_json()}
 
     def report_card(self, category: str | None) -> tuple[list[list], list[list]]:
         """The category's stored evaluation as two tables (rows of cells): detection per component, and
