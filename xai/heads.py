@@ -115,15 +115,16 @@ class ViTHead(nn.Module):
         return self.classifier(self.dropout(x[:, 0]))
 
     def reinitialise(self) -> None:
-        """Random weights as timm initialises a ViT (truncated normal 0.02, zero biases, unit norms)."""
+        """Random weights as timm initialises a ViT: truncated normal 0.02 for linear layers, zero biases, unit
+        norms; the token projection as PyTorch constructs a conv."""
         from timm.models.vision_transformer import init_weights_vit_timm
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for name, module in self.named_modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # as constructed: the 1x1 projection and the norms (timm leaves these)
             init_weights_vit_timm(module, name)
-            if isinstance(module, nn.LayerNorm):
-                module.reset_parameters()
 
 
 def create_head(config: HeadConfig, imagenet_model: nn.Module | None = None) -> nn.Module:
