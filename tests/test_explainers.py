@@ -236,3 +236,12 @@ def test_planted_feature_every_faithful_method_points_at_the_region(method):
     near = np.zeros((224, 224), bool)
     near[32 - margin:96 + margin, 128 - margin:192 + margin] = True
     assert heat[near].sum() / heat.sum() > 0.9
+
+
+@pytest.mark.parametrize(("side", "window", "stride"), [(224, 32, 16), (320, 46, 23)])
+def test_occlusion_window_scales_with_the_input_size(side, window, stride):
+    """The same 13 x 13 grid of windows at any input size; explicit parameters win."""
+    ctx = ExplainContext(PlantedTrunk(grid=side // 16), {"classifier_cnn": PlantedHead()}, input_size=side)
+    assert create_explainer("occlusion", ctx).params == {"window": window, "stride": stride, "batch": 8}
+    assert create_explainer("occlusion", ctx, window=16).params["stride"] == 8
+    assert create_explainer("occlusion", ctx, window=16, stride=16).params["stride"] == 16

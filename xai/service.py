@@ -34,7 +34,7 @@ CAPTIONS = {
     "smoothgrad": "Saliency averaged over noisy copies: steadier, less speckled.",
     "integrated_gradients": "Each pixel's share of the score gap between this image and a blurred copy.",
     "attention_rollout": "Where the transformer head's summary token looks, through all its layers.",
-    "occlusion": "How much hiding each 32 px window lowers the defect score (slow: many model runs).",
+    "occlusion": "How much hiding each window (1/7 of the image side) lowers the defect score (slow: many model runs).",
     "shap": "SHAP values of image regions for the defect probability (slow: 300 model runs).",
 }
 DETECTION_COLUMNS = ["component", "image_auroc", "pixel_auroc", "aupro", "f1", "accuracy", "ms_per_image"]
