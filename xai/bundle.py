@@ -35,6 +35,11 @@ class Bundle:
     def category(self) -> str:
         return self.meta.get("category", self.path.name)
 
+    @property
+    def trunk_name(self) -> str:
+        """The trunk (xai.backbone.TRUNKS) every component of this bundle was fitted on."""
+        return self.meta.get("trunk", {}).get("name", "efficientnet_lite0")
+
     def components(self) -> list[str]:
         return list(self.meta.get("components", {}))
 

@@ -63,6 +63,9 @@ class Inspector:
     def __init__(self, bundle: Bundle, trunk: Trunk | None = None):
         self.bundle = bundle
         meta = bundle.meta
+        if trunk is not None and trunk.name != bundle.trunk_name:
+            raise BundleError(f"Bundle {bundle.source} was fitted on the {bundle.trunk_name} trunk, not on the "
+                              f"{trunk.name} trunk it was given.")
         comps = bundle.components()
         self.patchcore = load_patchcore(bundle) if "patchcore" in comps else None
         self.heads = {c: load_head(bundle, c) for c in comps if c.startswith("classifier_")}
@@ -70,9 +73,8 @@ class Inspector:
             fuse_conv_bn(head)  # inference only: halves gradient explainers' cost
             head.to(memory_format=torch.channels_last)
         self.decision = primary_component(meta)
-        trunk_meta = meta.get("trunk", {})
-        name = trunk_meta.get("name", "efficientnet_lite0")
-        expected = trunk_meta.get("weights_sha256")
+        name = bundle.trunk_name
+        expected = meta.get("trunk", {}).get("weights_sha256")
         if expected and file_sha256(checkpoint_path(name)) != expected:
             raise BundleError(
                 f"Bundle {bundle.source} was fitted on different {name} weights than the installed ones; "

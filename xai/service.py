@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from xai.backbone import MissingWeightsError
 from xai.bundle import BundleError, load
 from xai.explainers import METHODS
 from xai.inspector import Inspector
@@ -58,14 +59,15 @@ class Catalogue:
         """Load every comma-separated source (folder or Hub repo id) once; a failure is recorded, not raised."""
         sources = sources if sources is not None else os.environ.get("DEFECT_XAI_BUNDLES", DEFAULT_BUNDLES)
         catalogue = cls()
-        trunk = None
+        trunks = {}  # one trunk in memory per trunk name, shared by the categories built on it
         for source in [s.strip() for s in sources.split(",") if s.strip()]:
             try:
-                inspector = Inspector(load(source), trunk)
-            except (BundleError, OSError, ValueError, KeyError) as exc:
+                bundle = load(source)
+                inspector = Inspector(bundle, trunks.get(bundle.trunk_name))
+            except (BundleError, MissingWeightsError, OSError, ValueError, KeyError) as exc:
                 catalogue.failures[source] = str(exc)
                 continue
-            trunk = trunk or inspector.trunk  # one trunk in memory for every category
+            trunks.setdefault(inspector.trunk.name, inspector.trunk)
             name = inspector.bundle.category
             if name in catalogue.inspectors:
                 name = f"{name} ({source})"
