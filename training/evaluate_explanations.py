@@ -105,11 +105,16 @@ def evaluate_methods(inspector: Inspector, samples: list, methods: list[str]) ->
             for key, value in values.items():
                 if value is not None:
                     rows[method].setdefault(key, []).append(value)
-    out = {}
-    for method, metrics in rows.items():
-        out[method] = {k: (round(statistics.median(v) if k == "ms" else float(np.mean(v)), 4) if v else None)
-                       for k in EXPLANATION_METRICS for v in [metrics.get(k, [])]}
+    out = {method: {k: _summary(k, metrics.get(k, [])) for k in EXPLANATION_METRICS}
+           for method, metrics in rows.items()}
     return {"n_images": len(samples), "methods": out}
+
+
+def _summary(key: str, values: list[float]) -> float | None:
+    """Median for timings, mean for the rest; None where no image gave a defined value."""
+    if not values:
+        return None
+    return round(statistics.median(values) if key == "ms" else float(np.mean(values)), 4)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ EfficientNet-PyTorch naming; we rename them and load strictly, so a trunk is nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import re
@@ -120,6 +121,12 @@ class Trunk(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the installed checkpoint this trunk was built from; hashed once per trunk, however many
+        bundles share it."""
+        return file_sha256(checkpoint_path(self.name))
 
     @property
     def stage_channels(self) -> list[int]:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xai.backbone import Trunk, checkpoint_path, create_trunk, file_sha256, preprocess
+from xai.backbone import Trunk, create_trunk, preprocess
 from xai.bundle import RETRIEVAL_DIR, Bundle, BundleError, load, load_head, load_patchcore
 from xai.fusion import fuse_conv_bn
 from xai.heads import HEAD_INPUT_STAGE
@@ -73,14 +73,13 @@ class Inspector:
             fuse_conv_bn(head)  # inference only: halves gradient explainers' cost
             head.to(memory_format=torch.channels_last)
         self.decision = primary_component(meta)
-        name = bundle.trunk_name
+        self.trunk = trunk or create_trunk(bundle.trunk_name)
         expected = meta.get("trunk", {}).get("weights_sha256")
-        if expected and file_sha256(checkpoint_path(name)) != expected:
+        if expected and self.trunk.weights_sha256 != expected:
             raise BundleError(
-                f"Bundle {bundle.source} was fitted on different {name} weights than the installed ones; "
-                "install the package version recorded in its bundle.json or refit the bundle."
+                f"Bundle {bundle.source} was fitted on different {bundle.trunk_name} weights than the installed "
+                "ones; install the package version recorded in its bundle.json or refit the bundle."
             )
-        self.trunk = trunk or create_trunk(name)
         prep = meta.get("preprocessing", {})
         self.input_size = int(prep["input_size"])
         self.mean, self.std = prep.get("mean", (0.5, 0.5, 0.5)), prep.get("std", (0.5, 0.5, 0.5))
