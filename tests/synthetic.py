@@ -10,9 +10,9 @@ from PIL import Image, ImageDraw
 SIZE = 256
 
 
-def texture(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
-    """A regular woven pattern (two gratings), randomly shifted, with mild noise: uint8 [H, W, 3]."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+def texture(rng: np.random.Generator, size: int = SIZE, width: int | None = None) -> np.ndarray:
+    """A regular woven pattern (two gratings), randomly shifted, with mild noise: uint8 [size, width or size, 3]."""
+    yy, xx = np.mgrid[0:size, 0:width or size].astype(np.float32)
     dx, dy = rng.uniform(0, 16, size=2)
     weave = 0.5 + 0.25 * np.sin((xx + dx) * 2 * np.pi / 16) + 0.25 * np.sin((yy + dy) * 2 * np.pi / 16)
     base = np.stack([0.35 + 0.4 * weave, 0.30 + 0.35 * weave, 0.20 + 0.3 * weave], axis=-1)
@@ -20,13 +20,15 @@ def texture(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     return (np.clip(base, 0, 1) * 255).astype(np.uint8)
 
 
-def add_defect(image: np.ndarray, rng: np.random.Generator, kind: str = "scratch") -> tuple[np.ndarray, np.ndarray]:
-    """Draw a scratch or blob somewhere away from the border; returns (image, boolean mask of changed pixels)."""
-    size = image.shape[0]
+def add_defect(image: np.ndarray, rng: np.random.Generator, kind: str = "scratch",
+               centre: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a scratch or blob at `centre` (x, y), by default somewhere away from the border; returns (image,
+    boolean mask of changed pixels)."""
+    size = min(image.shape[:2])
     canvas = Image.fromarray(image)
     mask = Image.new("L", canvas.size, 0)
     draw, mdraw = ImageDraw.Draw(canvas), ImageDraw.Draw(mask)
-    cx, cy = rng.integers(size // 4, 3 * size // 4, size=2)
+    cx, cy = centre if centre is not None else rng.integers(size // 4, 3 * size // 4, size=2)
     if kind == "scratch":
         angle = rng.uniform(0, np.pi)
         length = size // 4
@@ -42,20 +44,21 @@ def add_defect(image: np.ndarray, rng: np.random.Generator, kind: str = "scratch
 
 
 def write_mvtec_folder(root: Path, n_train: int = 14, n_test_good: int = 4, n_test_defect: int = 4,
-                       seed: int = 0) -> Path:
-    """An mvtec-layout folder of generated textures: train/good, test/{good,scratch,blob}, ground_truth masks."""
+                       seed: int = 0, size: int = SIZE, width: int | None = None) -> Path:
+    """An mvtec-layout folder of generated textures (size x width pictures): train/good, test/{good,scratch,blob},
+    ground_truth masks."""
     rng = np.random.default_rng(seed)
     (root / "train" / "good").mkdir(parents=True)
     for i in range(n_train):
-        Image.fromarray(texture(rng)).save(root / "train" / "good" / f"{i:03d}.png")
+        Image.fromarray(texture(rng, size, width)).save(root / "train" / "good" / f"{i:03d}.png")
     (root / "test" / "good").mkdir(parents=True)
     for i in range(n_test_good):
-        Image.fromarray(texture(rng)).save(root / "test" / "good" / f"{i:03d}.png")
+        Image.fromarray(texture(rng, size, width)).save(root / "test" / "good" / f"{i:03d}.png")
     for kind in ("scratch", "blob"):
         (root / "test" / kind).mkdir(parents=True)
         (root / "ground_truth" / kind).mkdir(parents=True)
         for i in range(n_test_defect // 2):
-            image, mask = add_defect(texture(rng), rng, kind)
+            image, mask = add_defect(texture(rng, size, width), rng, kind)
             Image.fromarray(image).save(root / "test" / kind / f"{i:03d}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ground_truth" / kind / f"{i:03d}_mask.png")
     return root

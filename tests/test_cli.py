@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -84,7 +85,8 @@ def test_evaluate_missing_bundle(texture_data, tmp_path, capsys):
     assert "missing" in err
 
 
-@pytest.mark.parametrize("module", ["training.fit_patchcore", "training.evaluate"])
+@pytest.mark.parametrize("module", ["training.fit_patchcore", "training.evaluate", "training.benchmark_detector",
+                                    "training.dev_sets"])
 def test_help_and_exit_code_from_a_real_process(module, tmp_path):
     done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "--data" in done.stdout
@@ -92,3 +94,58 @@ def test_help_and_exit_code_from_a_real_process(module, tmp_path):
                            str(tmp_path / "b"), "--bundle", str(tmp_path / "b"), "--json", str(tmp_path / "j")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "Traceback" not in done.stderr
+
+
+def test_benchmark_detector_fits_every_set_with_the_same_defaults(texture_data, tmp_path):
+    """Two sets, one of them non-square (derived strips): one row each with every contract key."""
+    from training import benchmark_detector, dev_sets
+
+    strips = dev_sets.derive(texture_data, tmp_path / "derived", "strips")
+    out = tmp_path / "bench.json"
+    assert run(benchmark_detector.main, ["--data", f"{texture_data},{strips}", "--json", str(out),
+                                         "--out", str(tmp_path / "bundles")]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["datasets"]) == {"weave", "weave_strips"}
+    for name, row in result["datasets"].items():
+        assert {"image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "accuracy", "bank_size", "fit_s",
+                "ms_per_image"} <= set(row), name
+        assert row["f1_max"] >= row["f1"] and 0 < row["bank_size"]
+        assert row["image_auroc"] > 0.9, (name, row)
+    configs = {json.dumps(json.loads((tmp_path / "bundles" / n / "bundle.json").read_text())["components"]
+                          ["patchcore"]["config"], sort_keys=True) for n in ("weave", "weave_strips")}
+    assert len(configs) == 1  # nothing per dataset
+    strip_map = json.loads((tmp_path / "bundles" / "weave_strips" / "bundle.json").read_text())
+    assert strip_map["format_version"] == 2
+
+
+def test_dev_sets_crop_pictures_and_masks_alike(texture_data, tmp_path):
+    from PIL import Image
+
+    from training import dev_sets
+
+    for kind in ("strips", "crops"):
+        out = dev_sets.derive(texture_data, tmp_path, kind)
+        for mask_path in sorted((out / "ground_truth").rglob("*_mask.png")):
+            picture = out / "test" / mask_path.parent.name / mask_path.name.replace("_mask", "")
+            with Image.open(mask_path) as mask, Image.open(picture) as image:
+                assert mask.size == image.size
+                assert (np.asarray(mask) > 127).any()  # the defect stayed in the crop
+        sizes = {Image.open(p).size for p in (out / "train" / "good").iterdir()}
+        if kind == "strips":
+            assert all(h == round(w / 0.4) or w == round(0.4 * h) for w, h in sizes)
+        else:
+            assert len(sizes) > 1  # pictures come in several shapes
+
+
+def test_fit_with_real_defects_calibrates_on_them(texture_data, tmp_path):
+    defects = tmp_path / "defects"
+    defects.mkdir()
+    for kind in ("scratch", "blob"):
+        for path in (texture_data / "test" / kind).iterdir():
+            (defects / f"{kind}_{path.name}").write_bytes(path.read_bytes())
+    out = tmp_path / "bundle"
+    assert run(fit_patchcore.main, ["--data", str(texture_data), "--out", str(out), "--defects", str(defects)]) == 0
+    comp = json.loads((out / "bundle.json").read_text())["components"]["patchcore"]
+    cal = comp["calibration"]
+    assert cal["n_real_defects"] == 4 and "real defective" in comp["threshold_rule"]
+    assert cal["real"]["detection_rate"] == 1.0 and cal["false_alarm_rate"] == 0.0  # generated defects separate

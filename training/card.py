@@ -39,6 +39,20 @@ def render_card(meta: dict) -> str:
         parts.append(f"- **{name}**: threshold {comp.get('threshold', float('nan')):.4f} "
                      f"({comp.get('threshold_rule', '')}); fitted on {fit.get('n_images', '?')} images, "
                      f"memory bank {fit.get('bank_size', '?')} patches.")
+    cal = comps.get("patchcore", {}).get("calibration", {})
+    if "synthetic" in cal:
+        syn = cal["synthetic"]
+        parts += ["", "## How the threshold was chosen", "",
+                  f"Rule: {comps['patchcore'].get('threshold_rule', '')}. Evidence, on pictures the memory bank never "
+                  "saw (every score is in bundle.json):", "",
+                  f"- {cal.get('n_images', '?')} held-out good pictures: {cal.get('false_alarm_rate', 0):.1%} "
+                  "above the threshold (false alarms)",
+                  f"- {cal.get('n_synthetic', '?')} synthetic anomalies made from them: "
+                  f"{syn.get('detection_rate') or 0:.1%} detected; the anomaly map's maximum on the anomaly in "
+                  f"{syn.get('pointing_game') or 0:.1%} of them"]
+        if "real" in cal:
+            parts.append(f"- {cal.get('n_real_defects', '?')} real defective pictures: "
+                         f"{cal['real'].get('detection_rate') or 0:.1%} detected")
     parts += ["", "## Training data", "",
               f"- layout `{data.get('layout', '?')}`, dataset `{data.get('name', '?')}`, licence "
               f"`{data.get('license') or 'unknown'}`" + (f"; cite: {data['citation']}" if data.get("citation") else ""),

@@ -24,15 +24,17 @@ from training.cli import progress, run
 from training.data import LAYOUTS, DataError, Dataset, load_dataset
 from xai.bundle import read_meta, save_examples, write_meta
 from xai.inspector import Inspector
-from xai.metrics import aupro, auroc, binary_report
+from xai.metrics import aupro, auroc, binary_report, f1_max
 
 
-def load_mask(path: Path | None, size: int) -> np.ndarray:
-    """Ground-truth mask resized to the model's input (bilinear, then > 0.5); all-false when absent."""
+def load_mask(path: Path | None, shape: int | tuple[int, int]) -> np.ndarray:
+    """Ground-truth mask resized to a model input of `shape` (side, or (h, w); bilinear, then > 0.5); all-false
+    when absent."""
+    h, w = (shape, shape) if isinstance(shape, int) else shape
     if path is None:
-        return np.zeros((size, size), dtype=bool)
+        return np.zeros((h, w), dtype=bool)
     with Image.open(path) as mask:
-        return np.asarray(mask.convert("L").resize((size, size), Image.BILINEAR)) > 127
+        return np.asarray(mask.convert("L").resize((w, h), Image.BILINEAR)) > 127
 
 
 def apply_split(dataset: Dataset, bundle_dir: Path) -> Dataset:
@@ -49,7 +51,8 @@ def apply_split(dataset: Dataset, bundle_dir: Path) -> Dataset:
 
 
 PATCHCORE_PARTS = ("decode", "preprocess", "trunk", "features", "knn", "map")
-SHARED_PARTS = ("decode", "preprocess", "trunk")
+SHARED_PARTS = ("decode", "preprocess", "trunk")  # a head's cost when it shares PatchCore's trunk forward
+HEAD_PARTS = ("decode", "head_trunk")  # ... and when it runs its own
 
 
 def run_detections(inspector: Inspector, dataset: Dataset) -> list:
@@ -59,22 +62,28 @@ def run_detections(inspector: Inspector, dataset: Dataset) -> list:
     return [inspector.detect(sample.path) for sample in progress(dataset.test, "evaluate")]
 
 
-def _ms(results: list, parts: tuple[str, ...]) -> float:
-    return round(statistics.median(sum(r.timings_ms.get(p, 0.0) for p in parts) for r in results), 2)
+def _ms(results: list, parts: tuple[str, ...] | None, component: str | None = None) -> float:
+    """Median ms of `parts` (a head `component`: its own trunk forward, or the shared one, plus itself)."""
+    def cost(r) -> float:
+        names = parts or ((HEAD_PARTS if "head_trunk" in r.timings_ms else SHARED_PARTS) + (component,))
+        return sum(r.timings_ms.get(p, 0.0) for p in names)
+    return round(statistics.median(cost(r) for r in results), 2)
 
 
 def evaluate_patchcore(inspector: Inspector, dataset: Dataset, results: list) -> dict:
-    """Detection metrics for the PatchCore component on `dataset.test`."""
-    size = inspector.input_size
+    """Detection metrics for the PatchCore component on `dataset.test`; pixel metrics at model resolution, each
+    mask resized to its picture's anomaly map."""
     labels = np.array([s.is_defect for s in dataset.test])
     scores = np.array([r.scores["patchcore"] for r in results])
     report = binary_report(labels, scores, inspector.thresholds["patchcore"])
+    report["f1_max"] = f1_max(labels, scores)
     report["ms_per_image"] = _ms(results, PATCHCORE_PARTS)
     report["threshold"] = inspector.thresholds["patchcore"]
     if any(s.mask is not None for s in dataset.test):
-        masks = np.stack([load_mask(s.mask if s.is_defect else None, size) for s in dataset.test])
-        maps = np.stack([r.anomaly_map for r in results])
-        report["pixel_auroc"] = auroc(masks, maps)
+        masks = [load_mask(s.mask if s.is_defect else None, r.anomaly_map.shape) for s, r in zip(dataset.test, results)]
+        maps = [r.anomaly_map for r in results]
+        report["pixel_auroc"] = auroc(np.concatenate([m.ravel() for m in masks]),
+                                      np.concatenate([m.ravel() for m in maps]))
         report["aupro"] = aupro(masks, maps, fpr_limit=0.3)
     return _rounded(report)
 
@@ -100,7 +109,7 @@ def evaluate_classifier(inspector: Inspector, dataset: Dataset, results: list, c
             report["f1"] = report["macro_f1"]
             report["image_auroc"] = float(roc_auc_score(truth[known], probs[known], multi_class="ovr",
                                                         labels=list(range(len(labels)))))
-    report["ms_per_image"] = _ms(results, SHARED_PARTS + (component,))
+    report["ms_per_image"] = _ms(results, None, component)
     report["threshold"] = inspector.thresholds[component]
     return _rounded(report)
 

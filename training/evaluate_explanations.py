@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from training.card import write_card
 from training.cli import progress, run
@@ -45,22 +46,26 @@ from xai.metrics import (
 
 
 def scorer(inspector: Inspector):
-    """Batch [N, 3, H, W] (normalised) -> the score deletion/insertion curves follow."""
+    """Batch [N, 3, H, W] (normalised) -> the score deletion/insertion curves follow. A classifier sees the batch
+    resized to its square input (PatchCore methods perturb the picture in its own aspect)."""
     context = inspector.explain_context()
+    size = (inspector.input_size, inspector.input_size)
     for component in ("classifier_cnn", "classifier_vit"):
         if component in inspector.heads:
             model = context.classifier(component)
             target = 1 - inspector.normal_index if inspector.normal_index is not None else 0
 
             def classifier_score(batch: np.ndarray, model=model, target=target) -> np.ndarray:
+                x = torch.from_numpy(batch).float()
+                if tuple(x.shape[-2:]) != size:
+                    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
                 with torch.no_grad():
-                    return model(torch.from_numpy(batch).float()).softmax(-1)[:, target].numpy()
+                    return model(x).softmax(-1)[:, target].numpy()
             return classifier_score
     pc = inspector.patchcore
 
     def patchcore_score(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            _, scores = pc(inspector.trunk(torch.from_numpy(batch).float(), upto=max(pc.config.layers)))
+        _, scores = pc(inspector.trunk, torch.from_numpy(batch).float())
         return scores.numpy() / inspector.thresholds["patchcore"]
     return patchcore_score
 
@@ -84,12 +89,16 @@ def evaluate_methods(inspector: Inspector, samples: list, methods: list[str]) ->
     randomised = {m: create_explainer(m, random_context) for m in methods}
     rows: dict[str, dict[str, list]] = {m: {} for m in methods}
     for sample in progress(samples, "explanations"):
-        x = inspector.preprocess(load_image(sample.path))
-        mask = load_mask(sample.mask, inspector.input_size)
-        image = x[0].numpy()
-        reference = (nearest_good_image(context, x) if context.retrieval is not None
-                     else baseline_for(x, "blur"))[0].numpy()
+        picture = load_image(sample.path)
+        prepared: dict[str, tuple] = {}  # per component: input, mask, image and deletion reference
         for method in methods:
+            component = inspector.component_of(method)
+            if component not in prepared:
+                x = inspector.model_input(picture, component)
+                reference = (nearest_good_image(context, x) if context.retrieval is not None
+                             else baseline_for(x, "blur"))[0].numpy()
+                prepared[component] = (x, load_mask(sample.mask, tuple(x.shape[-2:])), x[0].numpy(), reference)
+            x, mask, image, reference = prepared[component]
             exp = explainers[method].explain(x)
             random_exp = randomised[method].explain(x)
             heat = exp.heatmap

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,15 +11,32 @@ from training.cli import load_sample_image, progress
 from training.data import Sample
 from xai.backbone import resize_rgb
 
+# a picture's model shape (h, w) from its (width, height), e.g. PatchCore.input_shape
+ShapeRule = Callable[[int, int], tuple[int, int]]
 
-def image_batches(samples: Sequence[Sample], size: int, batch_size: int = 16,
+
+def image_batches(samples: Sequence[Sample], size: int | ShapeRule, batch_size: int = 16,
                   desc: str = "images") -> Iterator[tuple[np.ndarray, list[Sample]]]:
-    """uint8 [B, size, size, 3] batches in sample order; PIL decodes in two threads (it releases the GIL)."""
+    """uint8 [B, h, w, 3] batches in sample order; `size` is a side (square) or a rule giving each picture's own
+    (h, w), and a batch then holds consecutive pictures of one shape. PIL decodes in two threads (it releases
+    the GIL)."""
+
+    def prepare(sample: Sample) -> np.ndarray:
+        image = load_sample_image(sample)
+        return resize_rgb(image, size if isinstance(size, int) else size(*image.size))
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = pool.map(lambda s: resize_rgb(load_sample_image(s), size), samples)
+        pending = pool.map(prepare, samples)
         with progress(range(len(samples)), desc) as bar:
-            for start in range(0, len(samples), batch_size):
-                chunk = list(samples[start:start + batch_size])
-                arrays = [next(pending) for _ in chunk]
-                bar.update(len(chunk))
+            arrays: list[np.ndarray] = []
+            chunk: list[Sample] = []
+            for sample in samples:
+                array = next(pending)
+                if arrays and (array.shape != arrays[0].shape or len(arrays) == batch_size):
+                    yield np.stack(arrays), chunk
+                    arrays, chunk = [], []
+                arrays.append(array)
+                chunk.append(sample)
+                bar.update(1)
+            if arrays:
                 yield np.stack(arrays), chunk

@@ -156,15 +156,17 @@ def create_trunk(name: str = "efficientnet_lite0", fuse: bool = True) -> Trunk:
     return trunk.to(memory_format=torch.channels_last)
 
 
-def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: antialiased bilinear resize of the whole image (no crop: edge defects stay in view)."""
-    return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+def resize_rgb(image: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
+    """uint8 [h, w, 3]: antialiased bilinear resize of the whole image (no crop: edge defects stay in view) to
+    `size` = side (square) or (h, w)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.uint8)
 
 
 def normalise(arrays: np.ndarray, mean: Sequence[float] = (0.5, 0.5, 0.5),
               std: Sequence[float] = (0.5, 0.5, 0.5)) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> normalised float32 [B, 3, H, W]."""
-    x = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(np.require(arrays, requirements=["C", "W"])).permute(0, 3, 1, 2).float().div_(255.0)
     return (x - torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)) / torch.tensor(
         std, dtype=torch.float32).view(1, 3, 1, 1)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: PatchCore keeps the picture's aspect and pads (format-1 detectors still load, square)
 BUNDLE_JSON = "bundle.json"
 
 
@@ -167,11 +167,12 @@ def save_patchcore(folder: Path, model, info: dict) -> None:
 
     save_tensors(folder, PATCHCORE_WEIGHTS, {
         "layer_scales": model.layer_scales, "memory_bank": model.memory_bank, "bank_source": model.bank_source,
-        "image_features": model.image_features,
+        "image_features": model.image_features, "border_scale": model.border_scale,
     })
     model.ensure_index()
     faiss.write_index(model.index, str(folder / PATCHCORE_INDEX))
     meta = read_meta(folder)
+    meta["format_version"] = FORMAT_VERSION
     meta.setdefault("components", {})["patchcore"] = {
         "config": model.config.to_dict(), "weights": PATCHCORE_WEIGHTS, "index": PATCHCORE_INDEX, **info,
     }
@@ -189,7 +190,8 @@ def load_patchcore(bundle: Bundle):
         raise BundleError(f"Bundle {bundle.source} has no anomaly detector; run training.fit_patchcore on it.")
     tensors = bundle.tensors(spec["weights"])
     model = PatchCore(PatchCoreConfig.from_dict(spec["config"]), tensors["layer_scales"],
-                      tensors["memory_bank"], tensors["bank_source"], tensors.get("image_features"))
+                      tensors["memory_bank"], tensors["bank_source"], tensors.get("image_features"),
+                      tensors.get("border_scale"))
     model.index = faiss.read_index(str(bundle.file(spec["index"])))
     if model.index.ntotal != len(model.memory_bank):
         raise BundleError(f"Bundle {bundle.source}: {spec['index']} does not match the memory bank; refit it.")

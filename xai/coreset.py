@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,8 +39,10 @@ def _cells(x: np.ndarray, n_cells: int, seed: int) -> list[np.ndarray]:
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def kcenter_greedy(x: np.ndarray, n_select: int, seed: int = 0, cell_size: int = 2048) -> np.ndarray:
-    """Indices of `n_select` rows of `x` chosen by cell-wise greedy k-center (see module docstring)."""
+def kcenter_greedy(x: np.ndarray, n_select: int, seed: int = 0, cell_size: int = 2048,
+                   on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Indices of `n_select` rows of `x` chosen by cell-wise greedy k-center (see module docstring);
+    `on_progress(n)` is told every 1,024 picks (and at the end) how many more were picked."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n_select = int(min(max(n_select, 1), len(x)))
     # At least 8 centres a cell on average, so that no cell is left without one.
@@ -66,9 +69,15 @@ def kcenter_greedy(x: np.ndarray, n_select: int, seed: int = 0, cell_size: int =
     for cell in sorted(range(len(cells)), key=lambda c: -len(cells[c]))[:n_select]:
         vec = state[cell][1]
         add_centre(cell, int(np.argmin(((vec - vec.mean(0)) ** 2).sum(1))))
+    reported = 0
     while len(selected) < n_select and heap:
         _, cell, far = heapq.heappop(heap)
         add_centre(cell, far)
+        if on_progress is not None and len(selected) - reported >= 1024:
+            on_progress(len(selected) - reported)
+            reported = len(selected)
+    if on_progress is not None and len(selected) > reported:
+        on_progress(len(selected) - reported)
     return np.asarray(selected, dtype=np.int64)
 
 

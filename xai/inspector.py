@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xai.backbone import Trunk, create_trunk, preprocess
+from xai.backbone import Trunk, create_trunk, normalise, preprocess, resize_rgb
 from xai.bundle import RETRIEVAL_DIR, Bundle, BundleError, load, load_head, load_patchcore
 from xai.fusion import fuse_conv_bn
 from xai.heads import HEAD_INPUT_STAGE
@@ -27,7 +27,7 @@ class Detection:
     decided_by: str
     scores: dict[str, float]
     thresholds: dict[str, float]
-    anomaly_map: np.ndarray | None  # float32 [input_size, input_size] when the bundle has PatchCore
+    anomaly_map: np.ndarray | None  # float32 [h, w] in model pixels, the picture's own aspect (PatchCore only)
     image_size: tuple[int, int]
     class_probabilities: dict[str, dict[str, float]] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -87,8 +87,6 @@ class Inspector:
         normal = meta.get("normal_label")
         self.normal_index = self.labels.index(normal) if normal in self.labels else None
         self.thresholds = {c: float(meta["components"][c]["threshold"]) for c in comps}
-        needed = [max(self.patchcore.config.layers)] if self.patchcore else []
-        self.upto = max(needed + [HEAD_INPUT_STAGE] * bool(self.heads))
         self._context = None
 
     def explain_context(self):
@@ -117,13 +115,32 @@ class Inspector:
 
     def explain(self, source: ImageSource, method: str, target: int | None = None, **params):
         """Decode `source` and explain it with `method` (see xai.explainers.METHODS)."""
-        return self.explain_input(self.preprocess(load_image(source)), method, target, **params)
+        image = load_image(source)
+        return self.explain_input(self.model_input(image, self.component_of(method)), method, target, **params)
 
     def explain_input(self, x: torch.Tensor, method: str, target: int | None = None, **params):
-        """Explain an already preprocessed batch: decode and resize once when several methods follow."""
+        """Explain an already prepared batch (`model_input` for the method's component): decode and resize once
+        when several methods follow."""
         from xai.explainers import create_explainer
 
         return create_explainer(method, self.explain_context(), **params).explain(x, target)
+
+    @staticmethod
+    def component_of(method: str) -> str:
+        """The component a method explains: "patchcore" or a classifier head."""
+        from xai.explainers import METHODS
+
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        return METHODS[method].component
+
+    def model_input(self, image: Image.Image, component: str) -> torch.Tensor:
+        """The normalised batch of one picture for `component`: PatchCore sees the picture in its own aspect
+        (`PatchCore.input_shape`), the classifier heads a square input_size picture."""
+        if component == "patchcore" and self.patchcore is not None:
+            shape = self.patchcore.input_shape(*image.size)
+            return normalise(resize_rgb(image, shape)[None], self.mean, self.std)
+        return self.preprocess(image)
 
     @property
     def threshold(self) -> float:
@@ -151,33 +168,47 @@ class Inspector:
         start = clock
         image = load_image(source)
         lap("decode")
-        x = self.preprocess(image)
-        lap("preprocess")
-        stages = self.trunk(x, upto=self.upto)
-        lap("trunk")
         scores: dict[str, float] = {}
         probabilities: dict[str, dict[str, float]] = {}
         amap = None
         if self.patchcore is not None:
-            embedding = self.patchcore.embed(stages)
+            pc = self.patchcore
+            x = self.model_input(image, "patchcore")
+            lap("preprocess")
+            stages = pc.stage_outputs(self.trunk, x)
+            lap("trunk")
+            embedding = pc.embed(stages, tuple(x.shape[-2:]))
             lap("features")
-            patch_scores = self.patchcore.patch_scores(embedding)
+            patch_scores = pc.patch_scores(embedding)
             lap("knn")
-            amap_t = self.patchcore.anomaly_map(patch_scores)
-            scores["patchcore"] = float(self.patchcore.image_score(amap_t)[0])
+            amap_t = pc.anomaly_map(patch_scores)
+            scores["patchcore"] = float(pc.image_score(amap_t)[0])
             amap = amap_t[0].numpy().astype(np.float32)
             lap("map")
-        for name, head in self.heads.items():
-            probs = head(stages[HEAD_INPUT_STAGE]).softmax(-1)[0]
-            probabilities[name] = {label: float(p) for label, p in zip(self.labels, probs)}
-            if self.normal_index is not None:
-                scores[name] = 1.0 - float(probs[self.normal_index])
-            lap(name)
+        if self.heads:
+            # the heads read stage 4 of a square picture: shared with PatchCore's forward when it saw the same
+            if self.patchcore is not None and self._shares_trunk(x):
+                head_input = stages[HEAD_INPUT_STAGE]
+            else:
+                x = self.preprocess(image)
+                head_input = self.trunk(x, upto=HEAD_INPUT_STAGE)[HEAD_INPUT_STAGE]
+                lap("head_trunk")
+            for name, head in self.heads.items():
+                probs = head(head_input).softmax(-1)[0]
+                probabilities[name] = {label: float(p) for label, p in zip(self.labels, probs)}
+                if self.normal_index is not None:
+                    scores[name] = 1.0 - float(probs[self.normal_index])
+                lap(name)
         timings["total"] = (time.perf_counter() - start) * 1000.0
         label, is_defect = self._verdict(scores, probabilities)
         score = scores.get(self.decision, float("nan"))
         return Detection(label, is_defect, score, self.threshold, self.decision, scores, self.thresholds, amap,
                          image.size, probabilities, timings)
+
+    def _shares_trunk(self, x: torch.Tensor) -> bool:
+        """Whether PatchCore's trunk forward is the heads' too: a square input_size picture."""
+        return (tuple(x.shape[-2:]) == (self.input_size, self.input_size)
+                and max(self.patchcore.config.layers) >= HEAD_INPUT_STAGE)
 
     def _verdict(self, scores: dict[str, float], probabilities: dict[str, dict[str, float]]) -> tuple[str, bool | None]:
         """Binary: the deciding score against its threshold. Multi-class: the head's top class."""

@@ -19,26 +19,28 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64).ravel()))
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float | None:
+def aupro(masks, maps, fpr_limit: float = 0.3) -> float | None:
     """Area under the per-region-overlap curve for FPR in [0, fpr_limit], divided by fpr_limit.
 
-    Each connected component of every ground-truth mask is one region; PRO at a threshold is the mean
-    over regions of the share of the region's pixels above it; FPR is measured on all normal pixels.
-    Exact and vectorised: pixels are sorted once, and both curves are cumulative sums over that order.
+    `masks` and `maps` are sequences of equally shaped pairs (pictures may differ in shape). Each connected
+    component of every ground-truth mask is one region; PRO at a threshold is the mean over regions of the
+    share of the region's pixels above it; FPR is measured on all normal pixels. Exact and vectorised: pixels
+    are sorted once, and both curves are cumulative sums over that order.
     """
-    masks = np.asarray(masks, dtype=bool)
-    maps = np.asarray(maps, dtype=np.float64)
-    region_ids = np.zeros(masks.shape, dtype=np.int64)
+    id_parts, score_parts = [], []
     n_regions = 0
-    for i, mask in enumerate(masks):
+    for mask, amap in zip(masks, maps):
+        mask = np.asarray(mask, dtype=bool)
         labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
-        region_ids[i][labelled > 0] = labelled[labelled > 0] + n_regions
+        id_parts.append(np.where(labelled > 0, labelled + n_regions, 0).ravel())
+        score_parts.append(np.asarray(amap, dtype=np.float64).ravel())
         n_regions += count
-    n_normal = int((~masks).sum())
+    region_ids = np.concatenate(id_parts)
+    n_normal = int((region_ids == 0).sum())
     if n_regions == 0 or n_normal == 0:
         return None
     sizes = np.bincount(region_ids.ravel(), minlength=n_regions + 1).astype(np.float64)
-    scores, ids = maps.ravel(), region_ids.ravel()
+    scores, ids = np.concatenate(score_parts), region_ids
     order = np.argsort(-scores, kind="stable")
     scores, ids = scores[order], ids[order]
     pro_step = np.where(ids > 0, 1.0 / (sizes[ids] * n_regions), 0.0)
@@ -66,6 +68,15 @@ def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float) -> d
         "f1": float(f1_score(labels, pred, zero_division=0)),
         "accuracy": float((pred == labels).mean()),
     }
+
+
+def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
+    """F1 at the best threshold (a reference for how well a stored threshold was chosen, as anomalib reports)."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(np.asarray(labels, dtype=bool), np.asarray(scores, dtype=float))
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(f1.max())
 
 
 # -- explanation quality ---------------------------------------------------------------------------

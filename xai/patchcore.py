@@ -7,7 +7,8 @@ and writes bundles lives in `training.fit_patchcore`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -16,10 +17,14 @@ from torch import nn
 
 from xai.coreset import kcenter_greedy, random_projection
 
-# faiss-cpu leaves exact searches of fewer than 128000 queries off BLAS. DESIGN.md measured BLAS (threshold 20)
-# 4-14x faster on a 50k bank; on our capped 8k bank it measured 1.1-1.6x *slower* (benchmarks/bench_detect.py),
-# so the default is kept and no process-wide FAISS setting is touched.
-FLAT_INDEX_MAX = 20_000  # "auto" index: exact search up to this many bank vectors, HNSW beyond
+# Index choice. Exact (flat) search of one 224 px picture against bottle's 14,739-patch bank took 33-51 ms on
+# 2 cores (faiss's BLAS threshold at 20: the same, 36-53 ms; a torch matmul 80 ms), and it grows with the bank.
+# HNSW (M 32, efSearch 64) was fast but unsafe: on bottle one good picture's border patches lost their true
+# neighbours (score 1.09 instead of 0.35; image AUROC 1.000 -> 0.883). IVF-Flat with 4 sqrt(N) cells and 16
+# probes kept every score within 0.007 of exact (AUROC 1.000), since a query always searches the cells nearest to
+# it. So: exact search for small banks, IVF beyond; the process-wide BLAS threshold is left alone.
+FLAT_INDEX_MAX = 4096  # "auto" index: exact search up to this many bank vectors, IVF beyond
+IVF_PROBES = 16
 
 
 @dataclass
@@ -27,21 +32,24 @@ class PatchCoreConfig:
     """Hyper-parameters of the detector (stored in bundle.json)."""
 
     trunk: str = "efficientnet_lite0"
-    input_size: int = 224
+    input_size: int = 224  # the picture's shorter side in model pixels (both sides when keep_aspect is off)
     layers: tuple[int, ...] = (1, 2, 4)  # trunk stages at stride 4, 8 and 16
-    feature_stride: int = 8  # the patch grid: every layer is resampled to input_size / 8
+    feature_stride: int = 8  # the patch grid: every layer is resampled to the stride-8 grid
     aggregation: int = 3  # local neighbourhood (3x3 average) that gives each patch context
-    coreset_ratio: float = 0.1
-    max_bank_size: int = 8192  # keeps one image's exact kNN search within ~15 ms on 2 CPU cores
+    coreset_ratio: float = 0.1  # share of all training patches kept in the memory bank (PatchCore's 10 %)
+    max_bank_size: int | None = None  # optional cap; None keeps coreset_ratio of every data set, however large
     projection_dim: int = 128  # coreset distances are computed in a random projection of this size
-    sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in input pixels
+    sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in model pixels
     neighbours: int = 1  # patch score = distance to the nearest bank patch
-    index: str = "auto"  # "flat" (exact), "hnsw", or "auto"
+    index: str = "auto"  # "flat" (exact), "ivf", "hnsw", or "auto" (exact up to FLAT_INDEX_MAX vectors, IVF beyond)
     seed: int = 0
     calibration_fraction: float = 0.1  # good images held out of the bank to calibrate the threshold
+    keep_aspect: bool = True  # process the picture on a grid of its own aspect instead of squashing it square
+    max_side: int = 1024  # the longer side in model pixels is capped here (cost grows with the area)
 
     @property
     def grid(self) -> int:
+        """Patch-grid side of a square picture."""
         return self.input_size // self.feature_stride
 
     def to_dict(self) -> dict:
@@ -51,7 +59,11 @@ class PatchCoreConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PatchCoreConfig:
-        data = dict(data)
+        """Read a stored config; bundles written before pictures kept their shape (format 1) carry no
+        keep_aspect and keep their square processing."""
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data.setdefault("keep_aspect", False)
         data["layers"] = tuple(data.get("layers", cls.layers))
         return cls(**data)
 
@@ -76,21 +88,43 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1)
 
 
+def ring_index(shape: tuple[int, int]) -> torch.Tensor:
+    """[h, w] ints: each patch's distance (in patches) to the nearest border, capped at BORDER_RINGS (interior)."""
+    h, w = shape
+    rows = torch.arange(h).view(-1, 1)
+    cols = torch.arange(w).view(1, -1)
+    dist = torch.minimum(torch.minimum(rows, h - 1 - rows), torch.minimum(cols, w - 1 - cols))
+    return dist.clamp(max=BORDER_RINGS)
+
+
+def border_factors(border_scale: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """[h, w] factor map: border_scale on the border rings, 1 inside."""
+    return torch.cat([border_scale.float(), torch.ones(1)])[ring_index(shape)]
+
+
 def build_index(bank: np.ndarray, kind: str = "auto"):
-    """FAISS index over the memory bank: exact (flat L2) for small banks, HNSW for large ones."""
+    """FAISS index over the memory bank: exact (flat L2) for small banks, IVF-Flat (4 sqrt(N) k-means cells,
+    IVF_PROBES searched) for large ones; "hnsw" is kept for comparison."""
     import faiss
 
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     if kind == "auto":
-        kind = "flat" if len(bank) <= FLAT_INDEX_MAX else "hnsw"
+        kind = "flat" if len(bank) <= FLAT_INDEX_MAX else "ivf"
+    dim = bank.shape[1]
     if kind == "flat":
-        index = faiss.IndexFlatL2(bank.shape[1])
+        index = faiss.IndexFlatL2(dim)
+    elif kind == "ivf":
+        n_cells = max(1, min(int(4 * math.sqrt(len(bank))), len(bank) // 39))  # faiss wants >= 39 points a cell
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, n_cells)
+        index.cp.seed = 0
+        index.train(bank)
+        index.nprobe = min(IVF_PROBES, n_cells)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(bank.shape[1], 32)
+        index = faiss.IndexHNSWFlat(dim, 32)
         index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = 128
+        index.hnsw.efSearch = 64
     else:
-        raise ValueError(f"unknown index kind {kind!r}: use flat, hnsw or auto")
+        raise ValueError(f"unknown index kind {kind!r}: use flat, ivf, hnsw or auto")
     index.add(bank)
     return index
 
@@ -100,12 +134,18 @@ def search(index, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarr
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
+TRUNK_STRIDE = 32  # model inputs are multiples of the trunk's coarsest stride, so stages align exactly
+BORDER_QUANTILE = 0.99  # the level compared between rings: the upper tail, which decides image scores
+BORDER_RINGS = 3  # rings of patches (8 px each) along the border whose normal score level is fitted
+MIN_SIDE = 64  # a picture is never processed with a shorter side than this (extreme aspects are squashed to it)
+
+
 class PatchCore(nn.Module):
     """Memory bank of normal patch features; scores patches by distance to their nearest normal patch."""
 
     def __init__(self, config: PatchCoreConfig, layer_scales: torch.Tensor | None = None,
                  memory_bank: torch.Tensor | None = None, bank_source: torch.Tensor | None = None,
-                 image_features: torch.Tensor | None = None):
+                 image_features: torch.Tensor | None = None, border_scale: torch.Tensor | None = None):
         super().__init__()
         self.config = config
         n_layers = len(config.layers)
@@ -116,71 +156,127 @@ class PatchCore(nn.Module):
                              else bank_source)
         # mean patch embedding of every bank image: the retrieval trace's "nearest normal images"
         self.register_buffer("image_features", torch.zeros(0, 0) if image_features is None else image_features)
+        # factor on the patch scores of each ring of patches along the picture's border (ring 0 outermost; see
+        # fit_border_scale); all ones (no correction) until fitted, and in bundles that predate it
+        self.register_buffer("border_scale", torch.ones(BORDER_RINGS) if border_scale is None else border_scale)
         self.index = None
 
+    # -- geometry ------------------------------------------------------------------------------
+    def input_shape(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) in model pixels for a picture of `width` x `height`: the shorter side at input_size and
+        the longer one in proportion (at most max_side), both multiples of the trunk's stride so that every stage
+        lines up with the patch grid exactly (no padding); square when keep_aspect is off."""
+        cfg, s = self.config, TRUNK_STRIDE
+        if not cfg.keep_aspect:
+            return cfg.input_size, cfg.input_size
+        scale = min(cfg.input_size / min(width, height), cfg.max_side / max(width, height))
+        h, w = (max(MIN_SIDE, round(side * scale / s) * s) for side in (height, width))
+        return h, w
+
+    def stage_outputs(self, trunk: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's stages for a normalised batch [B, 3, h, w] up to the deepest layer PatchCore reads."""
+        return trunk(x, upto=max(self.config.layers))
+
     # -- features ------------------------------------------------------------------------------
-    def embed_parts(self, stage_outputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Raw per-layer patch features [B, C_l, g, g]: 3x3-averaged, then resampled to the patch grid."""
-        grid, k = self.config.grid, self.config.aggregation
+    def embed_parts(self, stage_outputs: list[torch.Tensor], shape: tuple[int, int]) -> list[torch.Tensor]:
+        """Raw per-layer patch features [B, C_l, h/8, w/8] of a picture of model shape `shape` (h, w): each layer
+        3x3-averaged on its own grid, then resampled to the stride-8 patch grid."""
+        grid = (shape[0] // self.config.feature_stride, shape[1] // self.config.feature_stride)
+        k = self.config.aggregation
         parts = []
         for layer in self.config.layers:
             feat = F.avg_pool2d(stage_outputs[layer], k, stride=1, padding=k // 2, count_include_pad=False)
-            if feat.shape[-1] > grid:
+            if feat.shape[-1] > grid[1]:
                 feat = F.adaptive_avg_pool2d(feat, grid)
-            elif feat.shape[-1] < grid:
-                feat = F.interpolate(feat, size=(grid, grid), mode="bilinear", align_corners=False)
+            elif tuple(feat.shape[-2:]) != grid:
+                feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
             parts.append(feat)
         return parts
 
-    def embed(self, stage_outputs: list[torch.Tensor]) -> torch.Tensor:
-        """Patch embeddings [B, D, g, g]: every layer's part divided by its fitted scale, concatenated."""
-        parts = self.embed_parts(stage_outputs)
+    def embed(self, stage_outputs: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+        """Patch embeddings [B, D, h/8, w/8]: every layer's part divided by its fitted scale, concatenated."""
+        parts = self.embed_parts(stage_outputs, shape)
         return torch.cat([part / scale for part, scale in zip(parts, self.layer_scales)], dim=1)
 
+    def embed_image(self, trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings of a normalised batch [B, 3, h, w] prepared at `input_shape`."""
+        return self.embed(self.stage_outputs(trunk, x), tuple(x.shape[-2:]))
+
     def fit_layer_scales(self, parts: list[torch.Tensor]) -> None:
-        """Set each layer's scale to its mean patch norm, so that no layer dominates distances by magnitude."""
+        """Set each layer's scale to its mean patch norm, so that no layer dominates distances by magnitude.
+        `parts` are per-layer patch rows [N, C_l]."""
         self.layer_scales = torch.stack([part.norm(dim=1).mean() for part in parts]).float()
 
     @staticmethod
     def flatten(embedding: torch.Tensor) -> np.ndarray:
-        """[B, D, g, g] -> [B*g*g, D] float32 rows in (image, row, column) order."""
+        """[B, D, h, w] -> [B*h*w, D] float32 rows in (image, row, column) order."""
         return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1]).contiguous().numpy()
 
     # -- memory bank ---------------------------------------------------------------------------
-    def build_memory_bank(self, patches: np.ndarray, n_images: int) -> dict:
-        """Coreset-subsample `patches` ([n_images*g*g, D]) into the bank and index it; returns fit facts."""
+    def build_memory_bank(self, patches: np.ndarray, sources: np.ndarray,
+                          on_progress: Callable[[int, int], None] | None = None) -> dict:
+        """Coreset-subsample `patches` [N, D] (with their (image, row, column) `sources` [N, 3]) into the bank and
+        index it; returns fit facts. `on_progress(picked, total)` follows the coreset selection."""
         cfg = self.config
         projection = random_projection(patches.shape[1], cfg.projection_dim, cfg.seed)
-        n_select = max(1, min(int(round(cfg.coreset_ratio * len(patches))), cfg.max_bank_size))
+        n_select = max(1, int(round(cfg.coreset_ratio * len(patches))))
+        if cfg.max_bank_size:
+            n_select = min(n_select, cfg.max_bank_size)
         if n_select >= len(patches):
             chosen = np.arange(len(patches))
         else:
-            chosen = np.sort(kcenter_greedy(patches @ projection, n_select, seed=cfg.seed))
-        g = cfg.grid
-        source = np.stack([chosen // (g * g), (chosen % (g * g)) // g, chosen % g], axis=1)
+            report = None if on_progress is None else (lambda n: on_progress(n, n_select))
+            chosen = np.sort(kcenter_greedy(patches @ projection, n_select, seed=cfg.seed, on_progress=report))
         self.memory_bank = torch.from_numpy(np.ascontiguousarray(patches[chosen]))
-        self.bank_source = torch.from_numpy(source.astype(np.int32))
+        self.bank_source = torch.from_numpy(np.ascontiguousarray(sources[chosen]).astype(np.int32))
         self.index = build_index(self.memory_bank.numpy(), cfg.index)
-        return {"n_patches": int(len(patches)), "bank_size": int(len(chosen)), "n_images": n_images}
+        return {"n_patches": int(len(patches)), "bank_size": int(len(chosen)),
+                "n_images": int(sources[:, 0].max()) + 1 if len(sources) else 0,
+                "index": type(self.index).__name__}
 
     def ensure_index(self) -> None:
         if self.index is None:
             self.index = build_index(self.memory_bank.numpy(), self.config.index)
 
     # -- scoring -------------------------------------------------------------------------------
-    def patch_scores(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Distance of every patch to its nearest bank patch: [B, g, g]."""
+    def nearest_distances(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Distance of every patch to its nearest bank patch: [B, h, w]."""
         self.ensure_index()
         b, _, h, w = embedding.shape
         dist, _ = search(self.index, self.flatten(embedding), self.config.neighbours)
         dist = np.sqrt(np.maximum(dist, 0.0)).mean(axis=1)
         return torch.from_numpy(dist).view(b, h, w)
 
-    def anomaly_map(self, patch_scores: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """Patch scores upsampled (bilinear) to the input size and Gaussian-smoothed: [B, H, W]."""
-        size = size or self.config.input_size
-        up = F.interpolate(patch_scores.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)
-        return gaussian_blur(up.squeeze(1), self.config.sigma * size / self.config.input_size)
+    def patch_scores(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Patch anomaly scores [B, h, w]: nearest-bank distances, border rings scaled to the interior's level."""
+        dist = self.nearest_distances(embedding)
+        return dist * border_factors(self.border_scale, dist.shape[-2:])
+
+    def fit_border_scale(self, distances: list[torch.Tensor]) -> None:
+        """From nearest-bank distances [1, h, w] of good pictures the bank never saw: each border ring's factor is
+        the interior's mean distance over the ring's (at most 1). Border patches see the picture's edge, a
+        context rarer in the bank than any interior one, so good borders sit further from it; without this the
+        map's maximum drifts to the rim of textured parts."""
+        rings = [[] for _ in range(BORDER_RINGS + 1)]
+        for dist in distances:
+            ring = ring_index(dist.shape[-2:])
+            for r in range(BORDER_RINGS + 1):
+                rings[r].append(dist[0][ring == r])
+        means = [torch.quantile(torch.cat(r).double(), BORDER_QUANTILE).float() if sum(len(x) for x in r) else None
+                 for r in rings]
+        interior = means[-1]
+        if interior is None:  # pictures too small to have an interior: no correction
+            self.border_scale = torch.ones(BORDER_RINGS)
+            return
+        self.border_scale = torch.stack([torch.clamp(interior / m, max=1.0) if m is not None else torch.tensor(1.0)
+                                         for m in means[:-1]]).float()
+
+    def anomaly_map(self, patch_scores: torch.Tensor) -> torch.Tensor:
+        """Patch scores upsampled (bilinear) to model pixels and Gaussian-smoothed: [B, h, w]."""
+        s = self.config.feature_stride
+        size = (patch_scores.shape[-2] * s, patch_scores.shape[-1] * s)
+        up = F.interpolate(patch_scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+        return gaussian_blur(up.squeeze(1), self.config.sigma)
 
     @staticmethod
     def image_score(anomaly_map: torch.Tensor) -> torch.Tensor:
@@ -188,7 +284,7 @@ class PatchCore(nn.Module):
         return anomaly_map.flatten(1).amax(dim=1)
 
     @torch.no_grad()
-    def forward(self, stage_outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps [B, H, W] and image scores [B] from the trunk's stage outputs."""
-        amap = self.anomaly_map(self.patch_scores(self.embed(stage_outputs)))
+    def forward(self, trunk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps [B, h, w] and image scores [B] of a normalised batch prepared at `input_shape`."""
+        amap = self.anomaly_map(self.patch_scores(self.embed_image(trunk, x)))
         return amap, self.image_score(amap)

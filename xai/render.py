@@ -33,7 +33,7 @@ def overlay(image: Image.Image, heatmap: np.ndarray, contour_at: float | None = 
     return blended
 
 
-def evidence(exp, picture: Image.Image, input_size: int) -> list[tuple[Image.Image, str]]:
+def evidence(exp, picture: Image.Image) -> list[tuple[Image.Image, str]]:
     """Supporting pictures of one explanation, each with a caption: SHAP's own plot; for the retrieval trace
     the upload with its most anomalous patch boxed, then the nearest good images and nearest good patches."""
     import io
@@ -44,7 +44,7 @@ def evidence(exp, picture: Image.Image, input_size: int) -> list[tuple[Image.Ima
         out.append((Image.open(io.BytesIO(extras["plot_png"])).convert("RGB"), "SHAP values (shap.image_plot)"))
     if "anomalous_patch" in extras:
         patch = extras["anomalous_patch"]
-        out.append((_boxed(picture, patch["box"], input_size),
+        out.append((_boxed(picture, patch["box"], extras["input_shape"]),
                     f"most anomalous patch: distance {patch['distance']:.2f} to the nearest good patch"))
         for near in extras["nearest_images"]:
             with Image.open(near["thumbnail"]) as thumb:
@@ -52,16 +52,17 @@ def evidence(exp, picture: Image.Image, input_size: int) -> list[tuple[Image.Ima
                 out.append((thumb.convert("RGB"), caption))
         for near in extras["nearest_patches"]:
             with Image.open(near["thumbnail"]) as thumb:
-                out.append((_boxed(thumb.convert("RGB"), near["box"], input_size),
+                # thumbnails are stored at their picture's model shape: boxes are in their own pixels
+                out.append((_boxed(thumb.convert("RGB"), near["box"], (thumb.height, thumb.width)),
                             f"nearest good patch in {near['name']} (distance {near['distance']:.2f})"))
     return out
 
 
-def _boxed(picture: Image.Image, box: list[int], input_size: int) -> Image.Image:
-    """`picture` with a cyan rectangle at `box`, given in model-input pixels."""
+def _boxed(picture: Image.Image, box: list[int], shape: tuple[int, int]) -> Image.Image:
+    """`picture` with a cyan rectangle at `box`, given in the pixels of its model input of `shape` (h, w)."""
     from PIL import ImageDraw
 
-    sx, sy = picture.width / input_size, picture.height / input_size
+    sx, sy = picture.width / shape[1], picture.height / shape[0]
     x0, y0, x1, y1 = box
     out = picture.convert("RGB")  # a copy
     ImageDraw.Draw(out).rectangle([x0 * sx, y0 * sy, min(x1 * sx, picture.width - 1), min(y1 * sy, picture.height - 1)],

@@ -115,22 +115,26 @@ class Catalogue:
                      on_method: Callable[[int, int, str], None] | None = None) -> tuple[list, list, dict]:
         """Several methods side by side for the page: [(overlay, caption)], the supporting pictures (SHAP's plot,
         the retrieval trace's neighbours) as [(picture, caption)], and every method's JSON by name. The image
-        is decoded and preprocessed once for all of them."""
+        is decoded once, and prepared once per component the methods explain."""
         inspector = self.get(category)
         if not methods:
             raise ServiceError("Pick at least one explanation method.")
         for method in methods:
             self._check_method(inspector, method)
         picture = load_image(image)
-        x, shown = inspector.preprocess(picture), _shrink(picture)
+        shown = _shrink(picture)
+        inputs: dict[str, object] = {}  # one prepared input per component the methods explain
         panels, supporting, payloads = [], [], {}
         for i, method in enumerate(methods):
             if on_method is not None:
                 on_method(i, len(methods), method)
-            exp = inspector.explain_input(x, method)
+            component = inspector.component_of(method)
+            if component not in inputs:
+                inputs[component] = inspector.model_input(picture, component)
+            exp = inspector.explain_input(inputs[component], method)
             heat = np.abs(exp.heatmap) if METHODS[method].signed else exp.heatmap  # show evidence either way
             panels.append((overlay(shown, heat), f"{method} · {exp.ms:.0f} ms — {CAPTIONS.get(method, '')}"))
-            supporting += evidence(exp, shown, inspector.input_size)
+            supporting += evidence(exp, shown)
             payloads[method] = {"category": inspector.bundle.category, "caption": CAPTIONS.get(method, ""),
                                 **exp.to_json()}
         return panels, supporting, payloads

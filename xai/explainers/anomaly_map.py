@@ -16,5 +16,5 @@ class AnomalyMap(Explainer):
         if pc is None:
             raise ValueError("this bundle has no PatchCore detector; run training.fit_patchcore on it")
         with torch.no_grad():
-            amap, scores = pc(self.context.trunk(inputs, upto=max(pc.config.layers)))
+            amap, scores = pc(self.context.trunk, inputs)
         return {"heatmap": amap, "extras": [{"image_score": float(s)} for s in scores]}

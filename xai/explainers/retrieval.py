@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from xai.backbone import normalise
+from xai.backbone import normalise, resize_rgb
 from xai.explainers.base import Explainer
 from xai.patchcore import search
 
@@ -33,27 +33,27 @@ class RetrievalIndex:
 
         return self.folder / thumbnail_name(index)
 
-    def normalised_thumbnail(self, index: int, size: int, mean, std) -> torch.Tensor:
-        """Bank image `index` as a normalised model input [1, 3, size, size]."""
+    def normalised_thumbnail(self, index: int, shape: tuple[int, int], mean, std) -> torch.Tensor:
+        """Bank image `index` as a normalised model input [1, 3, h, w] of `shape` (h, w)."""
         with Image.open(self.thumbnail(index)) as thumb:
-            array = np.array(thumb.convert("RGB").resize((size, size)))[None]
+            array = resize_rgb(thumb, tuple(shape))[None]
         return normalise(array, mean, std)
 
 
 def nearest_images(patchcore, embedding: torch.Tensor, k: int):
-    """Top-k bank images by cosine similarity of mean patch embeddings ([D, g, g] -> torch.topk result)."""
+    """Top-k bank images by cosine similarity of mean patch embeddings ([D, h, w] -> torch.topk result)."""
     sims = F.cosine_similarity(embedding.mean(dim=(1, 2))[None], patchcore.image_features)
     return sims.topk(min(k, len(sims)))
 
 
 def nearest_good_image(context, inputs: torch.Tensor) -> torch.Tensor:
-    """For each image in the batch, its closest good training image (normalised, same shape): the reference a
-    defect can be 'deleted' towards."""
+    """For each image in the batch, its closest good training image (normalised, resized to the batch's shape): the
+    reference a defect can be 'deleted' towards."""
     pc = context.patchcore
     with torch.no_grad():
-        embedding = pc.embed(context.trunk(inputs, upto=max(pc.config.layers)))
+        embedding = pc.embed_image(context.trunk, inputs)
     return torch.cat([context.retrieval.normalised_thumbnail(int(nearest_images(pc, emb, 1).indices[0]),
-                                                             context.input_size, context.mean, context.std)
+                                                             tuple(inputs.shape[-2:]), context.mean, context.std)
                       for emb in embedding])
 
 
@@ -68,30 +68,33 @@ class Retrieval(Explainer):
             raise ValueError("this bundle has no retrieval data; refit it with training.fit_patchcore")
         pc.ensure_index()
         heatmaps, extras = [], []
-        grid, stride = pc.config.grid, pc.config.feature_stride
+        stride = pc.config.feature_stride
+        shape = tuple(inputs.shape[-2:])
         with torch.no_grad():
-            embedding = pc.embed(ctx.trunk(inputs, upto=max(pc.config.layers)))
+            embedding = pc.embed_image(ctx.trunk, inputs)
+        grid = embedding.shape[-1]  # patch columns
         for emb in embedding:
             flat = pc.flatten(emb[None])  # [g*g, D]
             # 1. nearest good images by global (mean patch) feature
             top = nearest_images(pc, emb, self.params["images"])
             # 2. the most anomalous patch and its nearest bank patches
-            dist, _ = search(pc.index, flat, 1)
-            worst = int(np.argmax(dist[:, 0]))
+            patch_scores = pc.patch_scores(emb[None]).flatten()  # the map's own scores, border rings included
+            worst = int(torch.argmax(patch_scores))
             d_k, ids = search(pc.index, flat[worst:worst + 1], self.params["patches"])
             sources = pc.bank_source[torch.from_numpy(ids[0])].tolist()
             # 3. per-patch distance to the closest good image, re-embedded from its thumbnail
-            reference = ctx.retrieval.normalised_thumbnail(int(top.indices[0]), ctx.input_size, ctx.mean, ctx.std)
+            reference = ctx.retrieval.normalised_thumbnail(int(top.indices[0]), shape, ctx.mean, ctx.std)
             with torch.no_grad():
-                neighbour = pc.flatten(pc.embed(ctx.trunk(reference, upto=max(pc.config.layers))))
+                neighbour = pc.flatten(pc.embed_image(ctx.trunk, reference))
             heat = torch.cdist(torch.from_numpy(flat), torch.from_numpy(neighbour)).amin(dim=1)
-            heatmaps.append(heat.reshape(grid, grid))
+            heatmaps.append(heat.reshape(emb.shape[-2:]))
             extras.append({
                 "nearest_images": [{"index": int(i), "name": ctx.retrieval.names[int(i)],
                                     "similarity": round(float(s), 4), "thumbnail": str(ctx.retrieval.thumbnail(int(i)))}
                                    for s, i in zip(top.values, top.indices)],
+                "input_shape": list(shape),
                 "anomalous_patch": {"row": worst // grid, "col": worst % grid,
-                                    "distance": round(float(np.sqrt(max(dist[worst, 0], 0))), 4),
+                                    "distance": round(float(pc.nearest_distances(emb[None]).flatten()[worst]), 4),
                                     "box": _box(worst // grid, worst % grid, stride)},
                 "nearest_patches": [{"image": int(img), "name": ctx.retrieval.names[int(img)], "row": int(r),
                                      "col": int(c), "distance": round(float(np.sqrt(max(dk, 0))), 4),

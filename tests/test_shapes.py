@@ -1,0 +1,117 @@
+"""Pictures keep their shape, borders are ordinary, and bundles of the earlier square format still load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.ndimage import binary_dilation
+
+from synthetic import add_defect, texture, write_mvtec_folder
+from xai.bundle import load
+from xai.inspector import Inspector
+from xai.patchcore import BORDER_RINGS, TRUNK_STRIDE, PatchCore, PatchCoreConfig, ring_index
+
+WIDE = (128, 384)  # height, width of the generated non-square part (3:1)
+
+
+@pytest.fixture(scope="module")
+def wide_bundle(tmp_path_factory):
+    from training.data import load_dataset
+    from training.fit_patchcore import fit
+
+    data = write_mvtec_folder(tmp_path_factory.mktemp("wide") / "strip", size=WIDE[0], width=WIDE[1])
+    out = tmp_path_factory.mktemp("bundles") / "strip"
+    fit(load_dataset("mvtec", data), out, PatchCoreConfig(), log=lambda msg: None)
+    return out
+
+
+def on_defect(amap: np.ndarray, mask: np.ndarray, tolerance: int = 8) -> bool:
+    """The map's maximum lies inside the mask (resized to the map) dilated by the pointing-game tolerance."""
+    resized = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(amap.shape[::-1])) > 0
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    return bool(binary_dilation(resized, iterations=tolerance)[peak])
+
+
+def test_input_shape_keeps_the_aspect_and_grows_with_the_area():
+    pc = PatchCore(PatchCoreConfig())
+    assert pc.input_shape(900, 900) == (224, 224)
+    h, w = pc.input_shape(500, 1250)  # a tall commutator-like picture: shorter side 224, not squashed
+    assert w == 224 and abs(h / w - 2.5) < TRUNK_STRIDE / w and h % TRUNK_STRIDE == 0
+    h2, w2 = pc.input_shape(1250, 500)
+    assert (h2, w2) == (w, h)
+    assert pc.input_shape(110, 380)[1] == 224  # small pictures come up to the input size
+    assert max(pc.input_shape(100, 10_000)) <= PatchCoreConfig().max_side  # the long side is capped
+    assert PatchCore(PatchCoreConfig(keep_aspect=False)).input_shape(500, 1250) == (224, 224)
+
+
+def test_ring_index_counts_patches_to_the_nearest_border():
+    rings = ring_index((7, 10))
+    assert rings[0].tolist() == [0] * 10 and rings[:, -1].tolist() == [0] * 7
+    assert rings[3, 5] == BORDER_RINGS and rings[1, 1] == 1 and rings[2, 2] == 2
+
+
+def test_non_square_part_gets_a_map_of_its_shape_with_the_peak_on_the_defect(wide_bundle, trunk):
+    inspector = Inspector(load(wide_bundle), trunk)
+    rng = np.random.default_rng(11)
+    for kind, end in (("blob", 0.88), ("scratch", 0.12)):  # defects near either end of the strip
+        image, mask = add_defect(texture(rng, *WIDE), rng, kind, centre=(int(end * WIDE[1]), WIDE[0] // 2))
+        result = inspector.detect(image)
+        h, w = result.anomaly_map.shape
+        assert (h, w) == inspector.patchcore.input_shape(WIDE[1], WIDE[0]) == (224, 672)
+        assert result.image_size == (WIDE[1], WIDE[0])
+        assert on_defect(result.anomaly_map, mask), f"{kind}: peak off the defect"
+        assert result.is_defect
+
+
+def test_good_borders_are_not_anomalous(texture_bundle, trunk):
+    """On a textured part whose border is ordinary surface, good pictures' maps are not highest along the rim,
+    and a defect away from the border holds the maximum."""
+    inspector = Inspector(load(texture_bundle), trunk)
+    scale = load(texture_bundle).meta["components"]["patchcore"]["border_scale"]
+    assert len(scale) == BORDER_RINGS and all(0 < f <= 1 for f in scale)
+    rng = np.random.default_rng(5)
+    ratios = []
+    for _ in range(6):
+        amap = inspector.detect(texture(rng)).anomaly_map
+        band = np.ones_like(amap, dtype=bool)
+        band[12:-12, 12:-12] = False
+        ratios.append(np.quantile(amap[band], 0.99) / np.quantile(amap[~band], 0.99))
+    assert np.median(ratios) < 1.1, ratios
+    for kind in ("scratch", "blob"):
+        image, mask = add_defect(texture(rng), rng, kind)
+        assert on_defect(inspector.detect(image).anomaly_map, mask)
+
+
+def test_a_square_format_1_bundle_still_loads_and_scores_as_before(texture_bundle, trunk, tmp_path):
+    """A bundle written before pictures kept their shape (no keep_aspect in its config) keeps its square
+    processing: a non-square picture is squashed, as it was when the bundle was made."""
+    old = tmp_path / "old"
+    shutil.copytree(texture_bundle, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    meta["format_version"] = 1
+    config = meta["components"]["patchcore"]["config"]
+    del config["keep_aspect"], config["max_side"]
+    config["max_bank_size"] = 8192
+    (old / "bundle.json").write_text(json.dumps(meta))
+    inspector = Inspector(load(old), trunk)
+    assert inspector.patchcore.config.keep_aspect is False
+    wide = texture(np.random.default_rng(3), 128, 384)
+    assert inspector.detect(wide).anomaly_map.shape == (224, 224)
+    square = Image.fromarray(wide).resize((224, 224), Image.BILINEAR)
+    assert inspector.detect(wide).score == pytest.approx(inspector.detect(np.asarray(square)).score, rel=1e-5)
+
+
+def test_a_bundle_from_a_newer_format_fails_with_one_line(texture_bundle, tmp_path):
+    from xai.bundle import BundleError
+
+    future = tmp_path / "future"
+    shutil.copytree(texture_bundle, future)
+    meta = json.loads((future / "bundle.json").read_text())
+    meta["format_version"] = 99
+    (future / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="upgrade defect-xai"):
+        load(future)

@@ -1,0 +1,106 @@
+"""Derive non-square development sets from an mvtec-layout folder, so detector defaults meet other shapes.
+
+    python -m training.dev_sets --data ../shared/data/mvtec_ad/bottle --out /tmp/devsets
+
+Writes two mvtec-layout sets next to each other (never commit them: they are crops of licensed data):
+- `<name>_strips`: tall strips (width 2/5 of the height) at a seeded random horizontal offset, so the
+  picture's border cuts through ordinary product surface (like a long part photographed in sections);
+- `<name>_crops`: crops of seeded random size (45-100 % of the shorter side) and aspect (0.4-1.0, either
+  orientation), like a product whose pictures come in many shapes.
+Masks are cropped alike; a defective picture's crop always contains its whole defect when it fits, else
+the defect's centre.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from training.cli import progress, run
+from training.data import load_dataset
+
+
+def _window(rng: np.random.Generator, size: tuple[int, int], crop: tuple[int, int],
+            keep: tuple[int, int, int, int] | None) -> tuple[int, int]:
+    """Top-left corner of a `crop` (w, h) window inside `size` (w, h), containing box `keep` when it can."""
+    (width, height), (cw, ch) = size, crop
+    lo_x, hi_x, lo_y, hi_y = 0, width - cw, 0, height - ch
+    if keep is not None:
+        x0, y0, x1, y1 = keep
+        if x1 - x0 > cw:  # the defect is wider than the window: keep its centre
+            x0 = x1 = (x0 + x1) // 2
+        if y1 - y0 > ch:
+            y0 = y1 = (y0 + y1) // 2
+        lo_x, hi_x = max(lo_x, x1 - cw), min(hi_x, x0)
+        lo_y, hi_y = max(lo_y, y1 - ch), min(hi_y, y0)
+    return int(rng.integers(lo_x, max(lo_x, hi_x) + 1)), int(rng.integers(lo_y, max(lo_y, hi_y) + 1))
+
+
+def strip_shape(rng: np.random.Generator, size: tuple[int, int]) -> tuple[int, int]:
+    width, height = size
+    return (round(0.4 * height), height) if width >= 0.4 * height else (width, round(width / 0.4))
+
+
+def crop_shape(rng: np.random.Generator, size: tuple[int, int]) -> tuple[int, int]:
+    short = rng.uniform(0.45, 1.0) * min(size)
+    aspect = rng.uniform(0.4, 1.0)
+    long = min(short / aspect, max(size))
+    return (round(long), round(short)) if rng.random() < 0.5 else (round(short), round(long))
+
+
+SHAPES = {"strips": strip_shape, "crops": crop_shape}
+
+
+def derive(source: Path, out: Path, kind: str, seed: int = 0) -> Path:
+    """Write the `kind` derivative of the mvtec-layout folder `source` under `out`; returns its folder."""
+    dataset = load_dataset("mvtec", source)
+    target = out / f"{Path(dataset.root).name}_{kind}"
+    rng = np.random.default_rng(seed)
+    root = Path(dataset.root)
+    for sample in progress(dataset.train + dataset.test, f"{target.name}"):
+        rel = sample.path.relative_to(root)
+        with Image.open(sample.path) as picture:
+            picture.load()
+        mask = None
+        keep = None
+        if sample.mask is not None:
+            with Image.open(sample.mask) as m:
+                mask = m.convert("L")
+            ys, xs = np.nonzero(np.asarray(mask) > 127)
+            if len(xs):
+                keep = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        cw, ch = SHAPES[kind](rng, picture.size)
+        x, y = _window(rng, picture.size, (cw, ch), keep)
+        box = (x, y, x + cw, y + ch)
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        picture.crop(box).save(target / rel)
+        if mask is not None:
+            mask_rel = sample.mask.relative_to(root)
+            (target / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+            mask.crop(box).save(target / mask_rel)
+    for name in ("license.txt", "readme.txt"):
+        if (root / name).is_file():
+            (target / name).write_bytes((root / name).read_bytes())
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.dev_sets", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="mvtec-layout folder to derive from")
+    parser.add_argument("--out", required=True, help="folder to write the derived sets into")
+    parser.add_argument("--kinds", default="strips,crops", help="comma-separated: strips, crops")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for kind in args.kinds.split(","):
+        if kind not in SHAPES:
+            raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(SHAPES)}")
+        print(derive(Path(args.data), Path(args.out), kind, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
