@@ -2,34 +2,25 @@
 
 Public API (gradio_client): /detect(image, category), /explain(image, category, method), /info().
 The API takes the upload as a file so that every bad input reaches xai.io and gets its own clear message;
-the page's events (webcam, clipboard, upload) are private.
+the page's events (webcam, clipboard, upload) are private, but every event is guarded as if public
+(xai.web: uploaded files only, per-caller limits, errors without server details).
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 import os
 
 import gradio as gr
 
-from xai.io import ImageInputError
+from xai.io import MAX_BYTES, ImageInputError
 from xai.outputs import OutputFolder
 from xai.render import explanations_markdown, verdict_markdown
-from xai.service import CAPTIONS, DETECTION_COLUMNS, QUALITY_COLUMNS, Catalogue, ServiceError
+from xai.service import CAPTIONS, DETECTION_COLUMNS, QUALITY_COLUMNS, SLOW_METHODS, Catalogue, ServiceError
+from xai.web import CallerLimit, CallerRate, Limits, UploadedFile, UploadedImage, client_key, guarded
 
-SLOW_METHODS = ("smoothgrad", "integrated_gradients", "occlusion", "shap")
 EXPECTED = (ImageInputError, ServiceError, ValueError)
-
-
-def _guard(fn):
-    """Turn expected failures into gr.Error (a message, never a stack trace); the app keeps serving."""
-    @functools.wraps(fn)  # keeps the signature: Gradio reads it to inject gr.Progress
-    def wrapped(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except EXPECTED as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-    return wrapped
+CACHE_SWEEP = (300, 1800)  # every 5 min, delete uploads and returned files older than 30 min
 
 
 def _path(file) -> str:
@@ -38,8 +29,9 @@ def _path(file) -> str:
     return file if isinstance(file, str) else getattr(file, "name", str(file))
 
 
-def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None) -> gr.Blocks:
-    """The Blocks app over an already loaded catalogue; returned pictures are written to `outputs`."""
+def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits: Limits | None = None) -> gr.Blocks:
+    """The Blocks app over an already loaded catalogue; returned pictures are written to `outputs`; `limits` bound
+    what one caller may cost."""
     categories = catalogue.categories
     outputs = outputs or OutputFolder()
 
@@ -57,18 +49,26 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None) -> gr.B
         return gr.Dataframe(value=detection, headers=DETECTION_COLUMNS), gr.Dataframe(value=quality,
                                                                                       headers=QUALITY_COLUMNS)
 
-    def detect_as(image, category, fmt: str):
-        picture, payload = catalogue.detect(_path(image), category)
+    limits = limits or Limits()
+    detect_limit = CallerLimit(limits.detect_per_caller)
+    explain_rate = CallerRate(limits.explain_burst, limits.explain_every_s)
+
+    def detect_as(image, category, fmt: str, request: gr.Request | None):
+        with detect_limit.hold(client_key(request)):
+            picture, payload = catalogue.detect(_path(image), category)
         return outputs.save(picture, fmt), payload
 
-    @_guard
-    def detect(image, category):
+    @guarded(EXPECTED)
+    def detect(image, category, request: gr.Request = None):
         """Verdict and anomaly-map overlay for one image of a part."""
-        return detect_as(image, category, "jpeg")
+        return detect_as(image, category, "jpeg", request)
 
-    @_guard
-    def explain(image, category, method, progress=gr.Progress()):
+    @guarded(EXPECTED)
+    def explain(image, category, method, progress=gr.Progress(), request: gr.Request = None):
         """One explanation method's overlay and its JSON."""
+        explain_rate.take(client_key(request))
+        if not isinstance(method, str):
+            raise ServiceError("The method must be one method name.")
         if method in SLOW_METHODS:
             progress(0, desc=f"{method}: running the model many times ...")
         picture, payload = catalogue.explain(_path(image), category, method)
@@ -78,17 +78,19 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None) -> gr.B
         """Categories with provenance and metrics, explanation methods, versions."""
         return catalogue.info()
 
-    @_guard
-    def page_detect(image, category):
-        picture, verdict = detect_as(image, category, "png")
+    @guarded(EXPECTED)
+    def page_detect(image, category, request: gr.Request = None):
+        picture, verdict = detect_as(image, category, "png", request)
         return picture, verdict_markdown(verdict), verdict
 
-    @_guard
-    def page_explain(image, category, methods, progress=gr.Progress()):
+    @guarded(EXPECTED)
+    def page_explain(image, category, methods, progress=gr.Progress(), request: gr.Request = None):
+        explain_rate.take(client_key(request))
+
         def step(i: int, n: int, method: str) -> None:
             progress((i, n), desc=f"{method}" + (" (slow: many model runs)" if method in SLOW_METHODS else ""))
 
-        panels, supporting, payloads = catalogue.explain_many(_path(image), category, list(methods or []), step)
+        panels, supporting, payloads = catalogue.explain_many(_path(image), category, methods or [], step)
         return ([(outputs.save(p, "png"), c) for p, c in panels], explanations_markdown(payloads, CAPTIONS),
                 [(outputs.save(p), c) for p, c in supporting], payloads)
 
@@ -96,15 +98,18 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None) -> gr.B
         return (gr.CheckboxGroup(choices=methods_for(category), value=quick(category)), *card(category))
 
     first = categories[0] if categories else None
-    with gr.Blocks(title="defect-xai", fill_width=True) as demo:
+    with gr.Blocks(title="defect-xai", fill_width=True, delete_cache=CACHE_SWEEP) as demo:
         gr.Markdown("# defect-xai — explainable visual inspection\nUpload a photo of a part: the verdict comes "
                     "first, then *where* (anomaly map) and *why* (the explanations you pick).")
         if catalogue.failures:
-            gr.Markdown("**Not loaded:** " + "; ".join(f"`{s}`: {r}" for s, r in catalogue.failures.items()))
+            gr.Markdown("**Not loaded:** " + "; ".join(f"`{s}`: {r}" for s, r in catalogue.public_failures().items()))
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
                 category = gr.Dropdown(categories, value=first, label="Category")
-                image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Part")
+                # image_mode=None: the original upload reaches xai.io unconverted, as /detect's file does, so
+                # transparency and 16-bit pictures get the same verdict on the page and through the API
+                image = UploadedImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
+                                      label="Part")
                 detect_btn = gr.Button("Inspect", variant="primary")
                 examples = catalogue.examples()
                 if examples:
@@ -145,7 +150,7 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None) -> gr.B
 
         # public API: file inputs so xai.io sees every upload as sent
         with gr.Row(visible=False):
-            api_image = gr.File(label="image")
+            api_image = UploadedFile(label="image")
             api_category = gr.Textbox(label="category")
             api_method = gr.Textbox(label="method")
             api_out_image = gr.Image(format="jpeg")  # ~10x smaller than PNG for photos: faster round trips
@@ -156,16 +161,27 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None) -> gr.B
         api_explain.click(explain, [api_image, api_category, api_method], [api_out_image, api_out_json],
                           api_name="explain", concurrency_id="explain", concurrency_limit=1)
         api_info.click(info, None, api_out_json, api_name="info", concurrency_id="info", concurrency_limit=8)
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    # api_open=False: the REST routes cannot skip the queue (Spaces already default to it)
+    demo.queue(default_concurrency_limit=2, max_size=256, api_open=False)
     return demo
 
 
+def launch_options() -> dict:
+    """How the app is served: errors reach callers only as our own messages (gr.Error), uploads are capped at
+    what xai.io accepts, and sessions held in memory are bounded."""
+    return {"max_file_size": MAX_BYTES, "show_error": False, "state_session_capacity": 1000, "mcp_server": False}
+
+
 def main() -> None:
+    import torch
+
+    logging.basicConfig(level=logging.INFO)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))  # concurrent requests share the cores, not oversubscribe
     catalogue = Catalogue.from_sources()
     demo = build_app(catalogue)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"),
                 server_port=int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None,
-                max_file_size="25mb", show_error=True)
+                **launch_options())
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def test_catalogue_reports_failures_by_name_and_keeps_the_rest(catalogue):
     assert "defect-xai/not-cached" in catalogue.failures
     assert "not in the local Hugging Face cache" in catalogue.failures["defect-xai/not-cached"]
     info = catalogue.info()
-    assert info["failed"] == catalogue.failures and "binary" in info["categories"]
+    assert info["failed"] == catalogue.public_failures() and "binary" in info["categories"]
     assert set(info["methods"]) >= {"gradcam", "shap", "anomaly_map"}
 
 
@@ -156,12 +156,13 @@ def free_port() -> int:
 def test_gradio_client_round_trip(catalogue, part, tmp_path):
     from gradio_client import Client, handle_file
 
-    from app import build_app
+    from app import build_app, launch_options
+    from xai.web import Limits
 
-    demo = build_app(catalogue)
+    demo = build_app(catalogue, limits=Limits(detect_per_caller=16, explain_burst=100))
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size="25mb")
+                **launch_options())
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         api = client.view_api(print_info=False, return_format="dict")

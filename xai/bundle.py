@@ -43,8 +43,18 @@ class Bundle:
     def components(self) -> list[str]:
         return list(self.meta.get("components", {}))
 
+    def inside(self, name: str) -> Path | None:
+        """`name` resolved inside the bundle folder, or None when it points outside it (an absolute path, `..`
+        or a link out): bundle.json is data from whoever published the bundle, never a licence to read the
+        server's files."""
+        root = self.path.resolve()
+        path = (root / name).resolve()
+        return path if path == root or root in path.parents else None
+
     def file(self, name: str) -> Path:
-        path = self.path / name
+        path = self.inside(name)
+        if path is None:
+            raise BundleError(f"Bundle {self.source or self.path} names a file outside its folder ({name!r}).")
         if not path.is_file():
             raise BundleError(
                 f"Bundle {self.source or self.path} lacks {name}; re-run the training script that writes it.")
@@ -55,8 +65,8 @@ class Bundle:
 
     def examples(self) -> list[tuple[Path, str]]:
         """The example pictures `training.evaluate` stored (file, true label); those missing are skipped."""
-        found = [(self.path / e["file"], e["label"]) for e in self.meta.get("examples", [])]
-        return [(path, label) for path, label in found if path.is_file()]
+        found = [(self.inside(str(e.get("file", ""))), e.get("label", "")) for e in self.meta.get("examples", [])]
+        return [(path, label) for path, label in found if path is not None and path.is_file()]
 
 
 def parse_source(source: str) -> tuple[str, str | None, str | None]:
@@ -174,7 +184,8 @@ def save_patchcore(folder: Path, model, info: dict) -> None:
     meta = read_meta(folder)
     meta["format_version"] = FORMAT_VERSION
     meta.setdefault("components", {})["patchcore"] = {
-        "config": model.config.to_dict(), "weights": PATCHCORE_WEIGHTS, "index": PATCHCORE_INDEX, **info,
+        "config": model.config.to_dict(), "weights": PATCHCORE_WEIGHTS, "index": PATCHCORE_INDEX,
+        "index_sha256": _sha256(folder / PATCHCORE_INDEX), **info,
     }
     write_meta(folder, meta)
 
@@ -192,10 +203,26 @@ def load_patchcore(bundle: Bundle):
     model = PatchCore(PatchCoreConfig.from_dict(spec["config"]), tensors["layer_scales"],
                       tensors["memory_bank"], tensors["bank_source"], tensors.get("image_features"),
                       tensors.get("border_scale"))
-    model.index = faiss.read_index(str(bundle.file(spec["index"])))
+    # A .faiss file is parsed by FAISS's C++ reader: only one whose checksum bundle.json records is read. Bundles
+    # that record none (format 1: small exact indexes) get theirs rebuilt from the safetensors bank instead.
+    expected = spec.get("index_sha256")
+    if expected is None:
+        model.ensure_index()
+    else:
+        path = bundle.file(spec["index"])
+        if _sha256(path) != expected:
+            raise BundleError(f"Bundle {bundle.source}: {spec['index']} does not match the checksum in bundle.json; "
+                              "refit or re-download the bundle.")
+        model.index = faiss.read_index(str(path))
     if model.index.ntotal != len(model.memory_bank):
         raise BundleError(f"Bundle {bundle.source}: {spec['index']} does not match the memory bank; refit it.")
     return model
+
+
+def _sha256(path: Path) -> str:
+    from xai.backbone import file_sha256
+
+    return file_sha256(path)
 
 
 # -- classifier heads ----------------------------------------------------------------------------

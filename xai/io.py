@@ -16,7 +16,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000  # ~ a 6300 x 6300 photo; larger inputs are refused before decoding
+MAX_BYTES = 25 * 1024 * 1024  # files are checked against this before they are read (the app's upload limit)
 MIN_SIDE = 8  # smaller images carry no inspectable detail
+# The formats we document; PIL is never asked to identify anything else, so EPS, PDF and friends never reach an
+# external interpreter (Ghostscript) or a rarely exercised decoder.
+FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
 
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
@@ -69,35 +73,45 @@ def _check_size(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
         )
 
 
+def _check_bytes(size: int) -> None:
+    if size > MAX_BYTES:
+        raise ImageInputError(f"The file is too large ({size / 2**20:.0f} MB); "
+                              f"the limit is {MAX_BYTES / 2**20:.0f} MB.")
+
+
 def _open(source: ImageSource) -> Image.Image:
     """Open (lazily) a path, bytes or file object with PIL, turning every failure into ImageInputError."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise ImageInputError(f"No image file at {path}.")
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise ImageInputError(f"The file {path.name} is empty (0 bytes).")
+        _check_bytes(size)
         fh: BinaryIO = io.BytesIO(path.read_bytes())
     elif isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise ImageInputError("The upload is empty (0 bytes).")
+        _check_bytes(len(source))
         fh = io.BytesIO(source)
     elif hasattr(source, "read"):
-        data = source.read()
+        data = source.read(MAX_BYTES + 1)
         if not data:
             raise ImageInputError("The upload is empty (0 bytes).")
+        _check_bytes(len(data))
         fh = io.BytesIO(data)
     else:
         raise ImageInputError(f"Cannot read an image from a {type(source).__name__}.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(fh)
+            image = Image.open(fh, formats=FORMATS)
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         fh.close()
         if isinstance(exc, UnidentifiedImageError):
             raise ImageInputError(
-                "The file is not an image in a format we can read (PNG, JPEG, TIFF, BMP, WebP ...)."
+                "The file is not an image in a format we read (PNG, JPEG, TIFF, BMP, WebP or GIF)."
             ) from None
         raise ImageInputError(f"The image is too large to decode safely ({exc}).") from None
     except OSError as exc:

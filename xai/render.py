@@ -33,7 +33,7 @@ def overlay(image: Image.Image, heatmap: np.ndarray, contour_at: float | None = 
     return blended
 
 
-def evidence(exp, picture: Image.Image) -> list[tuple[Image.Image, str]]:
+def evidence(exp, picture: Image.Image, bundle_dir=None) -> list[tuple[Image.Image, str]]:
     """Supporting pictures of one explanation, each with a caption: SHAP's own plot; for the retrieval trace
     the upload with its most anomalous patch boxed, then the nearest good images and nearest good patches."""
     import io
@@ -47,15 +47,22 @@ def evidence(exp, picture: Image.Image) -> list[tuple[Image.Image, str]]:
         out.append((_boxed(picture, patch["box"], extras["input_shape"]),
                     f"most anomalous patch: distance {patch['distance']:.2f} to the nearest good patch"))
         for near in extras["nearest_images"]:
-            with Image.open(near["thumbnail"]) as thumb:
+            with Image.open(_in(bundle_dir, near["thumbnail"])) as thumb:
                 caption = f"nearest good image {near['name']} (cosine {near['similarity']:.3f})"
                 out.append((thumb.convert("RGB"), caption))
         for near in extras["nearest_patches"]:
-            with Image.open(near["thumbnail"]) as thumb:
+            with Image.open(_in(bundle_dir, near["thumbnail"])) as thumb:
                 # thumbnails are stored at their picture's model shape: boxes are in their own pixels
                 out.append((_boxed(thumb.convert("RGB"), near["box"], (thumb.height, thumb.width)),
                             f"nearest good patch in {near['name']} (distance {near['distance']:.2f})"))
     return out
+
+
+def _in(bundle_dir, name: str):
+    """A retrieval thumbnail's file: JSON names it relative to its bundle."""
+    from pathlib import Path
+
+    return Path(bundle_dir) / name if bundle_dir is not None else Path(name)
 
 
 def _boxed(picture: Image.Image, box: list[int], shape: tuple[int, int]) -> Image.Image:

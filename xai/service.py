@@ -7,8 +7,10 @@ categories keep working; nothing is substituted for it.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,8 +40,12 @@ CAPTIONS = {
     "occlusion": "How much hiding each window (1/7 of the image side) lowers the defect score (slow: many model runs).",
     "shap": "SHAP values of image regions for the defect probability (slow: 300 model runs).",
 }
+SLOW_METHODS = ("smoothgrad", "integrated_gradients", "occlusion", "shap")  # seconds each: many model runs
+MAX_METHODS = 6  # explanation methods in one page request (each at most once) ...
+MAX_SLOW = 2  # ... of which slow ones
 DETECTION_COLUMNS = ["component", "image_auroc", "pixel_auroc", "aupro", "f1", "accuracy", "ms_per_image"]
 QUALITY_COLUMNS = ["method", *EXPLANATION_METRICS, "sanity_check"]
+LOG = logging.getLogger("defect_xai")
 RANDOMISATION_LIMIT = 0.5  # a map that stays this similar when the weights are random does not explain the model
 
 
@@ -64,8 +70,10 @@ class Catalogue:
             try:
                 bundle = load(source)
                 inspector = Inspector(bundle, trunks.get(bundle.trunk_name))
-            except (BundleError, MissingWeightsError, OSError, ValueError, KeyError) as exc:
-                catalogue.failures[source] = str(exc)
+            except Exception as exc:  # a bundle is data from elsewhere: whatever breaks, it breaks alone
+                if not isinstance(exc, (BundleError, MissingWeightsError, OSError, ValueError, KeyError)):
+                    LOG.exception("loading %s failed", source)
+                catalogue.failures[source] = str(exc) or type(exc).__name__
                 continue
             trunks.setdefault(inspector.trunk.name, inspector.trunk)
             name = inspector.bundle.category
@@ -117,8 +125,7 @@ class Catalogue:
         the retrieval trace's neighbours) as [(picture, caption)], and every method's JSON by name. The image
         is decoded once, and prepared once per component the methods explain."""
         inspector = self.get(category)
-        if not methods:
-            raise ServiceError("Pick at least one explanation method.")
+        methods = self.check_methods(methods)
         for method in methods:
             self._check_method(inspector, method)
         picture = load_image(image)
@@ -134,10 +141,25 @@ class Catalogue:
             exp = inspector.explain_input(inputs[component], method)
             heat = np.abs(exp.heatmap) if METHODS[method].signed else exp.heatmap  # show evidence either way
             panels.append((overlay(shown, heat), f"{method} · {exp.ms:.0f} ms — {CAPTIONS.get(method, '')}"))
-            supporting += evidence(exp, shown)
+            supporting += evidence(exp, shown, inspector.bundle.path)
             payloads[method] = {"category": inspector.bundle.category, "caption": CAPTIONS.get(method, ""),
                                 **exp.to_json()}
         return panels, supporting, payloads
+
+    @staticmethod
+    def check_methods(methods) -> list[str]:
+        """The requested methods, each once and in order, within the per-request caps (a list of 10,000 "shap"
+        would otherwise hold the explain worker for hours)."""
+        if not isinstance(methods, (list, tuple)) or not all(isinstance(m, str) for m in methods):
+            raise ServiceError("Methods must be a list of method names.")
+        unique = list(dict.fromkeys(methods))
+        if not unique:
+            raise ServiceError("Pick at least one explanation method.")
+        if len(unique) > MAX_METHODS:
+            raise ServiceError(f"Pick at most {MAX_METHODS} explanation methods at once.")
+        if sum(m in SLOW_METHODS for m in unique) > MAX_SLOW:
+            raise ServiceError(f"Pick at most {MAX_SLOW} of the slow methods ({', '.join(SLOW_METHODS)}) at once.")
+        return unique
 
     @staticmethod
     def _check_method(inspector: Inspector, method: str) -> None:
@@ -156,21 +178,39 @@ class Catalogue:
                    for name, m in methods.items()]
         return detection, quality
 
+    def public_failures(self) -> dict[str, str]:
+        """The sources that failed, each with its reason, as the public may see them: no server paths (the full
+        text is in the server log)."""
+        return {public_source(source): redact(reason) for source, reason in self.failures.items()}
+
     def info(self) -> dict:
         import torch
 
         from xai import __version__
 
         return {
-            "categories": {name: {"source": ins.bundle.source, "components": ins.bundle.components(),
+            "categories": {name: {"source": public_source(ins.bundle.source), "components": ins.bundle.components(),
                                   "labels": ins.labels, "methods": ins.methods(),
                                   "data": ins.bundle.meta.get("data", {}),
                                   "metrics": ins.bundle.meta.get("metrics", {})}
                            for name, ins in self.inspectors.items()},
-            "failed": self.failures,
+            "failed": self.public_failures(),
             "methods": {name: CAPTIONS.get(name, "") for name in METHODS},
             "versions": {"defect_xai": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"(),;:]+/)*([^\s'\"(),;:/]+)")
+
+
+def redact(text: str) -> str:
+    """`text` with every absolute path cut to its last part ("/srv/bundles/x/bundle.json" -> "bundle.json")."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1), text)
+
+
+def public_source(source: str) -> str:
+    """A source as the public may see it: a Hub id as it is, a local folder by its name only."""
+    return redact(source) if source.startswith("/") else source
 
 
 def _sanity(similarity: float | None) -> str:

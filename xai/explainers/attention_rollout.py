@@ -37,6 +37,7 @@ def rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_r
 
 class AttentionRollout(Explainer):
     name = "attention_rollout"
+    hooks = True
     component = "classifier_vit"
     defaults = {"head_fusion": "mean", "discard_ratio": 0.0}
 

@@ -65,10 +65,13 @@ class ExplainContext:
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     retrieval: Any = None  # xai.explainers.retrieval.RetrievalIndex when the bundle has thumbnails
 
-    def classifier(self, component: str) -> Classifier:
+    def classifier(self, component: str, private: bool = False) -> Classifier:
+        """Trunk + head; `private` gives the call its own copy of the head, for methods that hook its modules:
+        a hook on the shared head would also fire for (and record) a concurrent request's forward pass."""
         if component not in self.heads:
             raise ValueError(f"this bundle has no {component}; explain with another method or train it")
-        return Classifier(self.trunk, self.heads[component]).eval()
+        head = copy.deepcopy(self.heads[component]) if private else self.heads[component]
+        return Classifier(self.trunk, head).eval()
 
     def randomised(self, seed: int = 0) -> ExplainContext:
         """The same context with every head re-initialised by its architecture's own initialiser and PatchCore's
@@ -104,6 +107,7 @@ class Explainer:
     component: ClassVar[str] = "classifier_cnn"  # the model the method explains
     defaults: ClassVar[dict] = {}
     signed: ClassVar[bool] = False  # whether the heatmap can be negative
+    hooks: ClassVar[bool] = False  # whether the method hooks the head's modules (it then gets its own copy)
 
     def __init__(self, context: ExplainContext, **params: Any):
         unknown = set(params) - set(self.defaults) - {"component"}
@@ -121,7 +125,7 @@ class Explainer:
     # -- shared work ----------------------------------------------------------------------------
     @property
     def model(self) -> Classifier:
-        return self.context.classifier(self.component_name)
+        return self.context.classifier(self.component_name, private=self.hooks)
 
     def default_target(self, inputs: torch.Tensor) -> torch.Tensor:
         """The defect class for binary data, otherwise the predicted class."""

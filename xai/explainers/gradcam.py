@@ -9,6 +9,7 @@ from xai.explainers.base import Explainer
 
 class GradCAM(Explainer):
     name = "gradcam"
+    hooks = True
     defaults = {"relu": True}
 
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:

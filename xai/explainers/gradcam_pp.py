@@ -24,6 +24,7 @@ def gradcam_pp_map(activations: torch.Tensor, gradients: torch.Tensor, eps: floa
 
 class GradCAMPlusPlus(Explainer):
     name = "gradcam_pp"
+    hooks = True
 
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:
         model = self.model

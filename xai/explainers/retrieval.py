@@ -33,6 +33,10 @@ class RetrievalIndex:
 
         return self.folder / thumbnail_name(index)
 
+    def relative(self, index: int) -> str:
+        """Bank image `index`'s thumbnail as a bundle-relative name (what JSON carries: no server paths)."""
+        return f"{self.folder.name}/{self.thumbnail(index).name}"
+
     def normalised_thumbnail(self, index: int, shape: tuple[int, int], mean, std) -> torch.Tensor:
         """Bank image `index` as a normalised model input [1, 3, h, w] of `shape` (h, w)."""
         with Image.open(self.thumbnail(index)) as thumb:
@@ -90,7 +94,7 @@ class Retrieval(Explainer):
             heatmaps.append(heat.reshape(emb.shape[-2:]))
             extras.append({
                 "nearest_images": [{"index": int(i), "name": ctx.retrieval.names[int(i)],
-                                    "similarity": round(float(s), 4), "thumbnail": str(ctx.retrieval.thumbnail(int(i)))}
+                                    "similarity": round(float(s), 4), "thumbnail": ctx.retrieval.relative(int(i))}
                                    for s, i in zip(top.values, top.indices)],
                 "input_shape": list(shape),
                 "anomalous_patch": {"row": worst // grid, "col": worst % grid,
@@ -98,7 +102,7 @@ class Retrieval(Explainer):
                                     "box": _box(worst // grid, worst % grid, stride)},
                 "nearest_patches": [{"image": int(img), "name": ctx.retrieval.names[int(img)], "row": int(r),
                                      "col": int(c), "distance": round(float(np.sqrt(max(dk, 0))), 4),
-                                     "thumbnail": str(ctx.retrieval.thumbnail(int(img))), "box": _box(r, c, stride)}
+                                     "thumbnail": ctx.retrieval.relative(int(img)), "box": _box(r, c, stride)}
                                     for dk, (img, r, c) in zip(d_k[0], sources)],
             })
         return {"heatmap": torch.stack(heatmaps), "extras": extras}
