@@ -51,9 +51,11 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
 
     limits = limits or Limits()
     detect_limit = CallerLimit(limits.detect_per_caller)
+    detect_rate = CallerRate(limits.detect_burst, limits.detect_every_s)
     explain_rate = CallerRate(limits.explain_burst, limits.explain_every_s)
 
     def detect_as(image, category, fmt: str, request: gr.Request | None):
+        detect_rate.take(client_key(request))
         with detect_limit.hold(client_key(request)):
             picture, payload = catalogue.detect(_path(image), category)
         return outputs.save(picture, fmt), payload

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     catalogue = Catalogue.from_sources(args.bundles)
     category = catalogue.categories[0]
     # every simulated client comes from 127.0.0.1: per-caller limits raised to let them all through
-    demo = build_app(catalogue, limits=Limits(detect_per_caller=64, explain_burst=10_000))
+    demo = build_app(catalogue, limits=Limits(detect_per_caller=64, detect_burst=100_000, explain_burst=10_000))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

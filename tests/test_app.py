@@ -159,7 +159,7 @@ def test_gradio_client_round_trip(catalogue, part, tmp_path):
     from app import build_app, launch_options
     from xai.web import Limits
 
-    demo = build_app(catalogue, limits=Limits(detect_per_caller=16, explain_burst=100))
+    demo = build_app(catalogue, limits=Limits(detect_per_caller=16, detect_burst=1000, explain_burst=100))
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_options())

@@ -53,7 +53,9 @@ class Limits:
     """What one caller may cost (configs as data; tests and benchmarks that play many clients from one address
     raise them)."""
 
-    detect_per_caller: int = 2  # /detect calls one caller may have running (4 run at once in all)
+    detect_per_caller: int = 2  # /detect calls one caller may have running (4 run at once in all) ...
+    detect_burst: int = 30  # ... and may start at once ...
+    detect_every_s: float = 0.25  # ... then one every this many seconds (a queue flood drains in microseconds)
     explain_burst: int = 6  # explanation requests one caller may start at once ...
     explain_every_s: float = 10.0  # ... then one every this many seconds
 

@@ -42,7 +42,9 @@ class UploadedOnly:
 
 class UploadedFile(UploadedOnly, gr.File):
     """gr.File that takes only uploaded files."""
-    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from collections.abc import Callable, Sequence
+    from typing import TYPE_CHECKING, Any, Literal
+
     from gradio.blocks import Block
     if TYPE_CHECKING:
         from gradio.components import Timer
@@ -51,7 +53,9 @@ class UploadedFile(UploadedOnly, gr.File):
 
 class UploadedImage(UploadedOnly, gr.Image):
     """gr.Image that takes only uploaded files."""
-    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from collections.abc import Callable, Sequence
+    from typing import TYPE_CHECKING, Any, Literal
+
     from gradio.blocks import Block
     if TYPE_CHECKING:
         from gradio.components import Timer
