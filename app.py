@@ -17,7 +17,17 @@ from xai.io import MAX_BYTES, ImageInputError
 from xai.outputs import OutputFolder
 from xai.render import explanations_markdown, verdict_markdown
 from xai.service import CAPTIONS, DETECTION_COLUMNS, QUALITY_COLUMNS, SLOW_METHODS, Catalogue, ServiceError
-from xai.web import CallerLimit, CallerRate, Limits, UploadedFile, UploadedImage, client_key, guarded
+from xai.web import (
+    CacheSweeper,
+    CallerLimit,
+    CallerRate,
+    Limits,
+    UploadedFile,
+    UploadedImage,
+    client_key,
+    demo_cache_folder,
+    guarded,
+)
 
 EXPECTED = (ImageInputError, ServiceError, ValueError)
 CACHE_SWEEP = (300, 1800)  # every 5 min, delete uploads and returned files older than 30 min
@@ -29,11 +39,13 @@ def _path(file) -> str:
     return file if isinstance(file, str) else getattr(file, "name", str(file))
 
 
-def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits: Limits | None = None) -> gr.Blocks:
+def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits: Limits | None = None,
+              cache_sweep: tuple[int, int] = CACHE_SWEEP) -> gr.Blocks:
     """The Blocks app over an already loaded catalogue; returned pictures are written to `outputs`; `limits` bound
-    what one caller may cost."""
+    what one caller may cost; `cache_sweep` (every s, older than s) bounds Gradio's cache of uploads and results."""
     categories = catalogue.categories
-    outputs = outputs or OutputFolder()
+    outputs = outputs or OutputFolder(max_age_s=cache_sweep[1])
+    CacheSweeper([demo_cache_folder(), outputs.root], *cache_sweep).start()
 
     def methods_for(category: str | None) -> list[str]:
         try:
@@ -100,7 +112,7 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
         return (gr.CheckboxGroup(choices=methods_for(category), value=quick(category)), *card(category))
 
     first = categories[0] if categories else None
-    with gr.Blocks(title="defect-xai", fill_width=True, delete_cache=CACHE_SWEEP) as demo:
+    with gr.Blocks(title="defect-xai", fill_width=True, ) as demo:
         gr.Markdown("# defect-xai — explainable visual inspection\nUpload a photo of a part: the verdict comes "
                     "first, then *where* (anomaly map) and *why* (the explanations you pick).")
         if catalogue.failures:

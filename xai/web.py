@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 from gradio import utils as gradio_utils
@@ -58,6 +59,11 @@ class Limits:
     detect_every_s: float = 0.25  # ... then one every this many seconds (a queue flood drains in microseconds)
     explain_burst: int = 6  # explanation requests one caller may start at once ...
     explain_every_s: float = 10.0  # ... then one every this many seconds
+
+
+def demo_cache_folder() -> str:
+    """Where Gradio keeps uploads and returned files (GRADIO_TEMP_DIR, else <tmp>/gradio)."""
+    return gradio_utils.get_upload_folder()
 
 
 def client_key(request: gr.Request | None) -> str:
@@ -123,6 +129,51 @@ class CallerRate:
                 full = [k for k, (t, w) in self._tokens.items() if t + (now - w) / self.every_s >= self.burst]
                 for k in full:
                     del self._tokens[k]
+
+
+class CacheSweeper:
+    """Deletes files older than `age_s` under `folders` every `every_s` seconds, in a daemon thread: every
+    upload and every returned picture lands in Gradio's cache and nothing else removes it. (Gradio's own
+    delete_cache iterates a set that requests are adding to, and its task dies at the first collision:
+    "Set changed size during iteration", seen in the soak run.)"""
+
+    def __init__(self, folders: list[str | os.PathLike], every_s: float, age_s: float):
+        self.folders, self.every_s, self.age_s = [Path(f) for f in folders], every_s, age_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cache-sweeper", daemon=True)
+
+    def start(self) -> CacheSweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.sweep()
+            except Exception:  # never let a sweep failure stop the next one
+                LOG.exception("cache sweep failed")
+
+    def sweep(self) -> int:
+        """Delete what is older than age_s (and folders left empty); returns how many files went."""
+        cutoff = time.time() - self.age_s
+        gone = 0
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                try:
+                    if path.is_file() or path.is_symlink():
+                        if path.lstat().st_mtime < cutoff:
+                            path.unlink()
+                            gone += 1
+                    elif path.is_dir() and not any(path.iterdir()) and path.stat().st_mtime < cutoff:
+                        path.rmdir()
+                except (FileNotFoundError, OSError):
+                    continue
+        return gone
 
 
 def guarded(expected: tuple[type[BaseException], ...]) -> Callable:
