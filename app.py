@@ -40,9 +40,10 @@ def _path(file) -> str:
 
 
 def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits: Limits | None = None,
-              cache_sweep: tuple[int, int] = CACHE_SWEEP) -> gr.Blocks:
+              cache_sweep: tuple[int, int] = CACHE_SWEEP, build=None) -> gr.Blocks:
     """The Blocks app over an already loaded catalogue; returned pictures are written to `outputs`; `limits` bound
-    what one caller may cost; `cache_sweep` (every s, older than s) bounds Gradio's cache of uploads and results."""
+    what one caller may cost; `cache_sweep` (every s, older than s) bounds Gradio's cache of uploads and results;
+    `build` (training.defaults.BackgroundBuild) is a category being built, shown until it is ready."""
     categories = catalogue.categories
     outputs = outputs or OutputFolder(max_age_s=cache_sweep[1])
     CacheSweeper([demo_cache_folder(), outputs.root], *cache_sweep).start()
@@ -115,6 +116,8 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
     with gr.Blocks(title="defect-xai", fill_width=True, ) as demo:
         gr.Markdown("# defect-xai — explainable visual inspection\nUpload a photo of a part: the verdict comes "
                     "first, then *where* (anomaly map) and *why* (the explanations you pick).")
+        if build is not None:
+            build_text = gr.Markdown(build_status(build))
         if catalogue.failures:
             gr.Markdown("**Not loaded:** " + "; ".join(f"`{s}`: {r}" for s, r in catalogue.public_failures().items()))
         with gr.Row(equal_height=False):
@@ -162,6 +165,17 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
         category.change(choose_category, category, [methods, detection_table, quality_table],
                         api_name="ui_category", api_visibility="private")
 
+        if build is not None:  # until the category is built: refresh its status and the category list
+            timer = gr.Timer(3.0)
+
+            def tick(current):
+                choices = catalogue.categories
+                value = current if current in choices else (choices[0] if choices else None)
+                return build_status(build), gr.Dropdown(choices=choices, value=value), gr.Timer(active=not build.done)
+
+            timer.tick(tick, category, [build_text, category, timer], api_name="ui_build_status",
+                       api_visibility="private", concurrency_id="info", concurrency_limit=8)
+
         # public API: file inputs so xai.io sees every upload as sent
         with gr.Row(visible=False):
             api_image = UploadedFile(label="image")
@@ -180,6 +194,28 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
     return demo
 
 
+def build_status(build) -> str:
+    if build.done and not build.failed:
+        return "**solar-cells (built here)** is ready: built on this machine from the elpv-dataset package."
+    head = ("The published bundles could not be fetched, so this app is building the solar-cell category with "
+            "its own training code from the elpv-dataset package (a few minutes). ")
+    if build.failed:
+        return head + "**The build failed** (see the server log); the rest of the app works."
+    return head + f"**Now: {build.status}.** It appears in the category list when ready, named *(built here)*."
+
+
+def start_default_build(catalogue: Catalogue):
+    """No DEFECT_XAI_BUNDLES and no default Hub bundle reachable: build (or reuse, from the cache of an earlier
+    start) the solar-cell category in the background. Never passed off as the published bundle."""
+    from pathlib import Path
+
+    from training.defaults import BackgroundBuild
+
+    cache = Path(os.environ.get("DEFECT_XAI_CACHE") or Path.home() / ".cache" / "defect-xai" / "bundles")
+    return BackgroundBuild(cache / "solar-cells",
+                           lambda folder: catalogue.add_source(str(folder), "solar-cells (built here)")).start()
+
+
 def launch_options() -> dict:
     """How the app is served: errors reach callers only as our own messages (gr.Error), uploads are capped at
     what xai.io accepts, and sessions held in memory are bounded."""
@@ -191,8 +227,10 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # concurrent requests share the cores, not oversubscribe
-    catalogue = Catalogue.from_sources()
-    demo = build_app(catalogue)
+    sources = os.environ.get("DEFECT_XAI_BUNDLES")
+    catalogue = Catalogue.from_sources(sources)
+    build = start_default_build(catalogue) if sources is None and not catalogue.inspectors else None
+    demo = build_app(catalogue, build=build)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"),
                 server_port=int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None,
                 **launch_options())

@@ -13,27 +13,13 @@ if [ -z "${DEFECT_XAI_BUNDLES:-}" ]; then
   EPOCHS="${EPOCHS:-3}"
   ELPV_SIZE="${ELPV_SIZE:-224}"
   sources=()
-  if [ ! -f bundles/solar-cells/eval.json ]; then
-    echo "building bundles/solar-cells from the elpv-dataset package (one time) ..." >&2
-    python -m training.fit_patchcore --layout elpv --out bundles/solar-cells --category solar-cells \
-      --input-size "$ELPV_SIZE"
-    python -m training.train_classifier --layout elpv --out bundles/solar-cells --arch cnn --epochs "$EPOCHS"
-    python -m training.evaluate --layout elpv --bundle bundles/solar-cells --json bundles/solar-cells/eval.json >/dev/null
-  fi
+  # the build steps live in training/defaults.py, shared with a bare `python app.py` on a Space
+  python -m training.defaults solar-cells --out bundles/solar-cells --epochs "$EPOCHS" --input-size "$ELPV_SIZE"
   sources+=("bundles/solar-cells")
   data="${DATA:-../shared/data/mvtec_ad/bottle}"
   if [ -d "$data" ]; then
     name="$(basename "$data")"
-    if [ ! -f "bundles/$name/explanations.json" ]; then
-      echo "building bundles/$name from $data (one time) ..." >&2
-      python -m training.fit_patchcore --data "$data" --out "bundles/$name"
-      python -m training.train_classifier --data "$data" --out "bundles/$name" --arch both --epochs "$EPOCHS"
-      python -m training.evaluate --data "$data" --bundle "bundles/$name" --json "bundles/$name/eval.json" >/dev/null
-      # the report card's explanation table: the fast methods on a seeded sample of the test defects
-      python -m training.evaluate_explanations --data "$data" --bundle "bundles/$name" \
-        --json "bundles/$name/explanations.json" --limit "${EXPLAIN_LIMIT:-12}" \
-        --methods anomaly_map,retrieval,gradcam,gradcam_pp,saliency,attention_rollout >/dev/null
-    fi
+    python -m training.defaults mvtec --data "$data" --out "bundles/$name" --epochs "$EPOCHS"
     sources=("bundles/$name" "${sources[@]}")
   fi
   DEFECT_XAI_BUNDLES="$(IFS=,; echo "${sources[*]}")"

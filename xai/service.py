@@ -27,7 +27,10 @@ from xai.render import evidence, overlay
 
 MAX_OVERLAY_SIDE = 512  # returned pictures: enough to see the defect, small enough to travel fast
 
-DEFAULT_BUNDLES = "defect-xai/mvtec-bottle,defect-xai/elpv-solar-cells"
+# The project's published bundles, pinned to a revision: a later push to the repos never changes what a running
+# Space serves. Publish a new release with `training.publish --revision v2` and raise the pin here.
+DEFAULT_REVISION = "v1"
+DEFAULT_BUNDLES = f"defect-xai/mvtec-bottle@{DEFAULT_REVISION},defect-xai/elpv-solar-cells@{DEFAULT_REVISION}"
 CAPTIONS = {
     "anomaly_map": "Where this part differs from every good part the detector has seen.",
     "retrieval": "The closest good training images and patches, and how far this one is from them.",
@@ -81,6 +84,16 @@ class Catalogue:
                 name = f"{name} ({source})"
             catalogue.inspectors[name] = inspector
         return catalogue
+
+    def add_source(self, source: str, name: str | None = None) -> str:
+        """Load one more source while the app serves (a category built in the background); returns its name.
+        The dict is replaced, not changed, so a request iterating the old one is never disturbed."""
+        trunks = {ins.trunk.name: ins.trunk for ins in self.inspectors.values()}
+        bundle = load(source)
+        inspector = Inspector(bundle, trunks.get(bundle.trunk_name))
+        name = name or bundle.category
+        self.inspectors = {**self.inspectors, name: inspector}
+        return name
 
     @property
     def categories(self) -> list[str]:

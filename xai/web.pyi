@@ -42,9 +42,7 @@ class UploadedOnly:
 
 class UploadedFile(UploadedOnly, gr.File):
     """gr.File that takes only uploaded files."""
-    from collections.abc import Callable, Sequence
-    from typing import TYPE_CHECKING, Any, Literal
-
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
         from gradio.components import Timer
@@ -53,9 +51,7 @@ class UploadedFile(UploadedOnly, gr.File):
 
 class UploadedImage(UploadedOnly, gr.Image):
     """gr.Image that takes only uploaded files."""
-    from collections.abc import Callable, Sequence
-    from typing import TYPE_CHECKING, Any, Literal
-
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
         from gradio.components import Timer
