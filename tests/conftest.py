@@ -65,3 +65,17 @@ def classifier_bundle(binary_folder, tmp_path_factory) -> Path:
     fit(dataset, out, PatchCoreConfig(), log=lambda msg: None)
     train(dataset, out, ["cnn", "vit"], TrainConfig(epochs=6, patience=6, batch_size=8), log=lambda msg: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def part(tmp_path_factory):
+    """A generated defective part (a blob on the woven texture), saved as PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from synthetic import add_defect, texture
+
+    rng = np.random.default_rng(5)
+    path = tmp_path_factory.mktemp("uploads") / "part.png"
+    Image.fromarray(add_defect(texture(rng), rng, "blob")[0]).save(path)
+    return path

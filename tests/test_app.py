@@ -6,11 +6,9 @@ import json
 import shutil
 import socket
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from synthetic import add_defect, texture
 from xai.bundle import BundleError, load
 from xai.inspector import Inspector
 from xai.io import ImageInputError
@@ -20,14 +18,6 @@ from xai.service import Catalogue, ServiceError
 @pytest.fixture(scope="module")
 def catalogue(classifier_bundle):
     return Catalogue.from_sources(f"{classifier_bundle},defect-xai/not-cached")
-
-
-@pytest.fixture(scope="module")
-def part(tmp_path_factory):
-    rng = np.random.default_rng(5)
-    path = tmp_path_factory.mktemp("uploads") / "part.png"
-    Image.fromarray(add_defect(texture(rng), rng, "blob")[0]).save(path)
-    return path
 
 
 def test_catalogue_reports_failures_by_name_and_keeps_the_rest(catalogue):

@@ -24,14 +24,6 @@ def catalogue(classifier_bundle):
 
 
 @pytest.fixture(scope="module")
-def part(tmp_path_factory):
-    rng = np.random.default_rng(5)
-    path = tmp_path_factory.mktemp("hostile") / "part.png"
-    Image.fromarray(add_defect(texture(rng), rng, "blob")[0]).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def server(catalogue):
     from app import build_app, launch_options
 
