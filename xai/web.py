@@ -33,6 +33,15 @@ class UploadedOnly:
     refused before Gradio would download or copy it (this hook runs for every route, before preprocessing).
     Input components only: Gradio calls the same hook on outputs."""
 
+    def _gradio_component(self) -> type:
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio."))
+
+    def get_block_name(self) -> str:  # the page renders it with its Gradio parent's Svelte component
+        return self._gradio_component().__name__.lower()
+
+    def get_block_class(self) -> str:
+        return self._gradio_component().__name__.lower()
+
     async def async_move_resource_to_block_cache(self, url_or_file_path):
         path = None if url_or_file_path is None else str(url_or_file_path)
         if path is not None and (client_utils.is_http_url_like(path) or path.startswith("data:")
