@@ -149,3 +149,14 @@ def test_fit_with_real_defects_calibrates_on_them(texture_data, tmp_path):
     cal = comp["calibration"]
     assert cal["n_real_defects"] == 4 and "real defective" in comp["threshold_rule"]
     assert cal["real"]["detection_rate"] == 1.0 and cal["false_alarm_rate"] == 0.0  # generated defects separate
+
+
+def test_new_commands_fail_in_one_line(texture_data, tmp_path, capsys):
+    from training import benchmark_detector, dev_sets
+
+    err = one_line_error(dev_sets.main, ["--data", str(texture_data), "--out", str(tmp_path), "--kinds", "bogus"],
+                         capsys)
+    assert "bogus" in err
+    err = one_line_error(benchmark_detector.main, ["--data", str(tmp_path / "nowhere"), "--json",
+                                                   str(tmp_path / "b.json")], capsys)
+    assert "nowhere" in err

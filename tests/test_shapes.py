@@ -89,16 +89,23 @@ def test_good_borders_are_not_anomalous(texture_bundle, trunk):
 def test_a_square_format_1_bundle_still_loads_and_scores_as_before(texture_bundle, trunk, tmp_path):
     """A bundle written before pictures kept their shape (no keep_aspect in its config) keeps its square
     processing: a non-square picture is squashed, as it was when the bundle was made."""
+    from safetensors.torch import load_file, save_file
+
     old = tmp_path / "old"
     shutil.copytree(texture_bundle, old)
     meta = json.loads((old / "bundle.json").read_text())
     meta["format_version"] = 1
     config = meta["components"]["patchcore"]["config"]
     del config["keep_aspect"], config["max_side"]
-    config["max_bank_size"] = 8192
+    config.update(max_bank_size=8192, index="auto")
     (old / "bundle.json").write_text(json.dumps(meta))
+    tensors = load_file(old / "patchcore.safetensors")
+    del tensors["border_scale"]  # format 1 had none
+    save_file(tensors, old / "patchcore.safetensors")
     inspector = Inspector(load(old), trunk)
-    assert inspector.patchcore.config.keep_aspect is False
+    pc = inspector.patchcore
+    assert pc.config.keep_aspect is False and pc.config.index == "flat"  # its "auto" meant exact search
+    assert type(pc.index).__name__ == "IndexFlatL2" and pc.border_scale.tolist() == [1.0] * BORDER_RINGS
     wide = texture(np.random.default_rng(3), 128, 384)
     assert inspector.detect(wide).anomaly_map.shape == (224, 224)
     square = Image.fromarray(wide).resize((224, 224), Image.BILINEAR)
@@ -115,3 +122,23 @@ def test_a_bundle_from_a_newer_format_fails_with_one_line(texture_bundle, tmp_pa
     (future / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="upgrade defect-xai"):
         load(future)
+
+
+def test_heads_share_the_trunk_forward_only_for_a_square_picture(classifier_bundle, trunk):
+    """A square picture: one trunk forward serves PatchCore and the heads. A wide one: the heads get their own
+    square input, and their probabilities are exactly those of the head on that input."""
+    import torch
+
+    from xai.heads import HEAD_INPUT_STAGE
+
+    inspector = Inspector(load(classifier_bundle), trunk)
+    square = inspector.detect(texture(np.random.default_rng(1)))
+    assert "head_trunk" not in square.timings_ms
+    wide_picture = texture(np.random.default_rng(2), *WIDE)
+    wide = inspector.detect(wide_picture)
+    assert "head_trunk" in wide.timings_ms and wide.anomaly_map.shape == (224, 672)
+    x = inspector.preprocess(Image.fromarray(wide_picture))
+    with torch.no_grad():
+        probs = inspector.heads["classifier_cnn"](trunk(x, upto=HEAD_INPUT_STAGE)[HEAD_INPUT_STAGE]).softmax(-1)[0]
+    expected = dict(zip(inspector.labels, probs.tolist()))
+    assert wide.class_probabilities["classifier_cnn"] == pytest.approx(expected, abs=1e-6)

@@ -57,7 +57,8 @@ def benchmark_one(entry: str, layout: str, out: Path, config: PatchCoreConfig, l
     if masked:
         report["pointing_game"] = round(float(np.mean(
             [pointing_game(r.anomaly_map, load_mask(s.mask, r.anomaly_map.shape)) for s, r in masked])), 4)
-    report["border_peaks"] = round(float(np.mean([border_peak(r.anomaly_map) for _, r in defects])), 4)
+    report["border_peaks"] = (round(float(np.mean([border_peak(r.anomaly_map) for _, r in defects])), 4)
+                              if defects else None)
     report["bank_size"] = int(len(inspector.patchcore.memory_bank))
     report["fit_s"] = round(fit_s, 1)
     return name, report

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from training.cli import progress, run
-from training.data import load_dataset
+from training.data import DataError, load_dataset
 
 
 def _window(rng: np.random.Generator, size: tuple[int, int], crop: tuple[int, int],
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for kind in args.kinds.split(","):
         if kind not in SHAPES:
-            raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(SHAPES)}")
+            raise DataError(f"Unknown kind {kind!r}; choose from {', '.join(SHAPES)}.")
         print(derive(Path(args.data), Path(args.out), kind, args.seed))
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 2  # 2: PatchCore keeps the picture's aspect and pads (format-1 detectors still load, square)
+FORMAT_VERSION = 2  # 2: PatchCore keeps the picture's aspect (format-1 detectors still load, square and exact)
 BUNDLE_JSON = "bundle.json"
 
 

@@ -155,7 +155,8 @@ class Inspector:
 
     @torch.no_grad()
     def detect(self, source: ImageSource) -> Detection:
-        """Decode `source`, run the trunk once and every component, and apply the deciding component's threshold."""
+        """Decode `source`, run every component and apply the deciding component's threshold. The trunk runs once
+        when PatchCore's input is the heads' square one, else once for each."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 

@@ -70,10 +70,13 @@ def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float) -> d
     }
 
 
-def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
-    """F1 at the best threshold (a reference for how well a stored threshold was chosen, as anomalib reports)."""
+def f1_max(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """F1 at the best threshold (a reference for how well a stored threshold was chosen, as anomalib reports);
+    None without defects (undefined)."""
     from sklearn.metrics import precision_recall_curve
 
+    if not np.asarray(labels, dtype=bool).any():
+        return None
     precision, recall, _ = precision_recall_curve(np.asarray(labels, dtype=bool), np.asarray(scores, dtype=float))
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(f1.max())

@@ -18,7 +18,7 @@ from PIL import Image
 
 from xai.backbone import normalise, resize_rgb
 from xai.explainers.base import Explainer
-from xai.patchcore import search
+from xai.patchcore import border_factors, search
 
 
 @dataclass
@@ -82,8 +82,9 @@ class Retrieval(Explainer):
             # 1. nearest good images by global (mean patch) feature
             top = nearest_images(pc, emb, self.params["images"])
             # 2. the most anomalous patch and its nearest bank patches
-            patch_scores = pc.patch_scores(emb[None]).flatten()  # the map's own scores, border rings included
-            worst = int(torch.argmax(patch_scores))
+            distances = pc.nearest_distances(emb[None])
+            patch_scores = (distances * border_factors(pc.border_scale, distances.shape[-2:])).flatten()
+            worst = int(torch.argmax(patch_scores))  # the map's own scores, border rings included
             d_k, ids = search(pc.index, flat[worst:worst + 1], self.params["patches"])
             sources = pc.bank_source[torch.from_numpy(ids[0])].tolist()
             # 3. per-patch distance to the closest good image, re-embedded from its thumbnail
@@ -98,7 +99,7 @@ class Retrieval(Explainer):
                                    for s, i in zip(top.values, top.indices)],
                 "input_shape": list(shape),
                 "anomalous_patch": {"row": worst // grid, "col": worst % grid,
-                                    "distance": round(float(pc.nearest_distances(emb[None]).flatten()[worst]), 4),
+                                    "distance": round(float(distances.flatten()[worst]), 4),
                                     "box": _box(worst // grid, worst % grid, stride)},
                 "nearest_patches": [{"image": int(img), "name": ctx.retrieval.names[int(img)], "row": int(r),
                                      "col": int(c), "distance": round(float(np.sqrt(max(dk, 0))), 4),
