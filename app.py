@@ -68,8 +68,9 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
     explain_rate = CallerRate(limits.explain_burst, limits.explain_every_s)
 
     def detect_as(image, category, fmt: str, request: gr.Request | None):
-        detect_rate.take(client_key(request))
-        with detect_limit.hold(client_key(request)):
+        caller = client_key(request)
+        detect_rate.take(caller)
+        with detect_limit.hold(caller):
             picture, payload = catalogue.detect(_path(image), category)
         return outputs.save(picture, fmt), payload
 
@@ -113,7 +114,7 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
         return (gr.CheckboxGroup(choices=methods_for(category), value=quick(category)), *card(category))
 
     first = categories[0] if categories else None
-    with gr.Blocks(title="defect-xai", fill_width=True, ) as demo:
+    with gr.Blocks(title="defect-xai", fill_width=True) as demo:
         gr.Markdown("# defect-xai — explainable visual inspection\nUpload a photo of a part: the verdict comes "
                     "first, then *where* (anomaly map) and *why* (the explanations you pick).")
         if build is not None:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             if i:
                 for key, value in result.timings_ms.items():
                     parts.setdefault(key, []).append(value)
-        area = result.anomaly_map.size if result.anomaly_map is not None else inspector.input_size ** 2
+        area = result.anomaly_map.size  # the bundle has PatchCore (its bank is printed above)
         median_total = statistics.median(parts["total"])
         total = median_total if total is None else total
         print(f"detect {name} (model input {result.anomaly_map.shape[1]}x{result.anomaly_map.shape[0]}, "

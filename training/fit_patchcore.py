@@ -130,11 +130,11 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
     t0 = time.perf_counter()
     good_arrays = model_arrays(model, cal_samples, "calibration")
     spec = TRUNKS[config.trunk]
-    with torch.no_grad():
-        model.fit_border_scale([model.nearest_distances(model.embed_image(trunk, normalise(a[None], spec.mean,
-                                                                                            spec.std)))
-                                for a in good_arrays])
-    good_scores, _ = score_arrays(model, trunk, good_arrays)
+    with torch.no_grad():  # one pass: the distances fit the border factors, then give the good pictures' scores
+        distances = [model.nearest_distances(model.embed_image(trunk, normalise(a[None], spec.mean, spec.std)))
+                     for a in good_arrays]
+        model.fit_border_scale(distances)
+        good_scores = [float(model.image_score(model.anomaly_map(model.scale_borders(d)))[0]) for d in distances]
     rng = np.random.default_rng(config.seed)
     synthetic = [synthesize(a, rng) for a in good_arrays for _ in range(SYNTHETIC_PER_IMAGE)]
     synthetic_scores, synthetic_maps = score_arrays(

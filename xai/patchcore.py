@@ -251,8 +251,11 @@ class PatchCore(nn.Module):
 
     def patch_scores(self, embedding: torch.Tensor) -> torch.Tensor:
         """Patch anomaly scores [B, h, w]: nearest-bank distances, border rings scaled to the interior's level."""
-        dist = self.nearest_distances(embedding)
-        return dist * border_factors(self.border_scale, dist.shape[-2:])
+        return self.scale_borders(self.nearest_distances(embedding))
+
+    def scale_borders(self, distances: torch.Tensor) -> torch.Tensor:
+        """Nearest-bank distances [B, h, w] with the border rings scaled by their fitted factors."""
+        return distances * border_factors(self.border_scale, distances.shape[-2:])
 
     def fit_border_scale(self, distances: list[torch.Tensor]) -> None:
         """From nearest-bank distances [1, h, w] of good pictures the bank never saw: each border ring's factor is

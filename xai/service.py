@@ -68,30 +68,25 @@ class Catalogue:
         """Load every comma-separated source (folder or Hub repo id) once; a failure is recorded, not raised."""
         sources = sources if sources is not None else os.environ.get("DEFECT_XAI_BUNDLES", DEFAULT_BUNDLES)
         catalogue = cls()
-        trunks = {}  # one trunk in memory per trunk name, shared by the categories built on it
         for source in [s.strip() for s in sources.split(",") if s.strip()]:
             try:
-                bundle = load(source)
-                inspector = Inspector(bundle, trunks.get(bundle.trunk_name))
+                catalogue.add_source(source)
             except Exception as exc:  # a bundle is data from elsewhere: whatever breaks, it breaks alone
                 if not isinstance(exc, (BundleError, MissingWeightsError, OSError, ValueError, KeyError)):
                     LOG.exception("loading %s failed", source)
                 catalogue.failures[source] = str(exc) or type(exc).__name__
-                continue
-            trunks.setdefault(inspector.trunk.name, inspector.trunk)
-            name = inspector.bundle.category
-            if name in catalogue.inspectors:
-                name = f"{name} ({source})"
-            catalogue.inspectors[name] = inspector
         return catalogue
 
     def add_source(self, source: str, name: str | None = None) -> str:
-        """Load one more source while the app serves (a category built in the background); returns its name.
-        The dict is replaced, not changed, so a request iterating the old one is never disturbed."""
+        """Load one source (at start, or while the app serves: a category built in the background) and return its
+        name. It shares the trunk of a loaded category built on the same one (one trunk in memory per name). The
+        dict is replaced, not changed, so a request iterating the old one is never disturbed."""
         trunks = {ins.trunk.name: ins.trunk for ins in self.inspectors.values()}
         bundle = load(source)
         inspector = Inspector(bundle, trunks.get(bundle.trunk_name))
         name = name or bundle.category
+        if name in self.inspectors:
+            name = f"{name} ({source})"
         self.inspectors = {**self.inspectors, name: inspector}
         return name
 

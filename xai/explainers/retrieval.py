@@ -18,7 +18,7 @@ from PIL import Image
 
 from xai.backbone import normalise, resize_rgb
 from xai.explainers.base import Explainer
-from xai.patchcore import border_factors, search
+from xai.patchcore import search
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Retrieval(Explainer):
             top = nearest_images(pc, emb, self.params["images"])
             # 2. the most anomalous patch and its nearest bank patches
             distances = pc.nearest_distances(emb[None])
-            patch_scores = (distances * border_factors(pc.border_scale, distances.shape[-2:])).flatten()
+            patch_scores = pc.scale_borders(distances).flatten()
             worst = int(torch.argmax(patch_scores))  # the map's own scores, border rings included
             d_k, ids = search(pc.index, flat[worst:worst + 1], self.params["patches"])
             sources = pc.bank_source[torch.from_numpy(ids[0])].tolist()
