@@ -1,6 +1,7 @@
 """defect-xai Space: Gradio Blocks wiring around xai.service (no model logic here).
 
-Public API (gradio_client): /detect(image, category), /explain(image, category, method), /info().
+Public API (gradio_client): /detect(image, category), /explain(image, category, method), /info(),
+/fit(images, name) and /train_classifier(category) for a visitor's own part.
 The API takes the upload as a file so that every bad input reaches xai.io and gets its own clear message;
 the page's events (webcam, clipboard, upload) are private, but every event is guarded as if public
 (xai.web: uploaded files only, per-caller limits, errors without server details).
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import gradio as gr
 
+from xai.categories import CategoryStore
 from xai.io import MAX_BYTES, ImageInputError
 from xai.outputs import OutputFolder
-from xai.render import explanations_markdown, verdict_markdown
+from xai.parts import Parts
+from xai.render import explanations_markdown, part_card_markdown, verdict_markdown
 from xai.service import CAPTIONS, DETECTION_COLUMNS, QUALITY_COLUMNS, SLOW_METHODS, Catalogue, ServiceError
 from xai.web import (
     CacheSweeper,
@@ -29,8 +33,14 @@ from xai.web import (
     guarded,
 )
 
-EXPECTED = (ImageInputError, ServiceError, ValueError)
+EXPECTED = (ImageInputError, ServiceError, ValueError)  # ValueError: also UploadError, PartError, CategoryGone
 CACHE_SWEEP = (300, 1800)  # every 5 min, delete uploads and returned files older than 30 min
+
+
+def _paths(files) -> list[str]:
+    if not files:
+        raise ValueError("No pictures were sent.")
+    return [_path(f) for f in (files if isinstance(files, list) else [files])]
 
 
 def _path(file) -> str:
@@ -45,6 +55,10 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
     what one caller may cost; `cache_sweep` (every s, older than s) bounds Gradio's cache of uploads and results;
     `build` (training.defaults.BackgroundBuild) is a category being built, shown until it is ready."""
     categories = catalogue.categories
+    if catalogue.made is None:
+        catalogue.made = CategoryStore()
+    parts = Parts(catalogue)
+    catalogue.made.load = parts.load  # a category kept in DEFECT_XAI_CATEGORY_DIR loads again when asked for
     outputs = outputs or OutputFolder(max_age_s=cache_sweep[1])
     CacheSweeper([demo_cache_folder(), outputs.root], *cache_sweep).start()
 
@@ -66,6 +80,9 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
     detect_limit = CallerLimit(limits.detect_per_caller)
     detect_rate = CallerRate(limits.detect_burst, limits.detect_every_s)
     explain_rate = CallerRate(limits.explain_burst, limits.explain_every_s)
+    fit_limit = CallerLimit(limits.fit_per_caller)
+    fit_rate = CallerRate(limits.fit_burst, limits.fit_every_s)
+    stops: dict[str, threading.Event] = {}  # category id -> cancel flag of its classifier training
 
     def detect_as(image, category, fmt: str, request: gr.Request | None):
         caller = client_key(request)
@@ -94,6 +111,35 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
         """Categories with provenance and metrics, explanation methods, versions."""
         return catalogue.info()
 
+    def fit_as(images, name, request, defects=None) -> dict:
+        caller = client_key(request)
+        fit_rate.take(caller)
+        with fit_limit.hold(caller):
+            return parts.fit(_paths(images), name, caller, _paths(defects) if defects else None)
+
+    def train_as(category, request) -> dict:
+        caller = client_key(request)
+        fit_rate.take(caller)
+        if not isinstance(category, str) or category in stops:
+            raise ServiceError("That category's classifier is already training." if isinstance(category, str)
+                               else "The category must be the id that /fit returned.")
+        stops[category] = threading.Event()
+        try:
+            with fit_limit.hold(caller):
+                return parts.train(category, stops[category])
+        finally:
+            stops.pop(category, None)
+
+    @guarded(EXPECTED)
+    def fit(images, name, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+        """A new category from 1-300 good pictures of a part (files, or zips of them): its id and report card."""
+        return fit_as(images, name, request)
+
+    @guarded(EXPECTED)
+    def train_classifier(category, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+        """Train the CNN head of a category made by /fit (slow; queued): the gradient explainers become available."""
+        return train_as(category, request)
+
     @guarded(EXPECTED)
     def page_detect(image, category, request: gr.Request = None):
         picture, verdict = detect_as(image, category, "png", request)
@@ -113,6 +159,47 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
     def choose_category(category):
         return (gr.CheckboxGroup(choices=methods_for(category), value=quick(category)), *card(category))
 
+    @guarded(EXPECTED)
+    def page_fit(images, name, defects, own, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+        fitted = fit_as(images, name, request, defects)
+        own = [*(own or []), fitted["category"]][-20:]
+        return (part_card_markdown(fitted), fitted, own,
+                gr.Dropdown(choices=catalogue.choices(own), value=fitted["category"]))
+
+    @guarded(EXPECTED)
+    def page_train(category, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+        trained = train_as(category, request)
+        return (f"Classifier trained in {trained['seconds']:.0f} s; methods now: {', '.join(trained['methods'])}. "
+                "The report card below has the explanation table.",
+                gr.CheckboxGroup(choices=methods_for(category), value=quick(category)), *card(category))
+
+    @guarded(EXPECTED)
+    def page_cancel(category):
+        flag = stops.get(category) if isinstance(category, str) else None
+        if flag is None:
+            return "No classifier is training for this category."
+        flag.set()
+        return "Stopping at the next step ..."
+
+    @guarded(EXPECTED)
+    def page_download(category):
+        return catalogue.made.archive(_own_id(category))
+
+    @guarded(EXPECTED)
+    def page_publish(category, repo, token: gr.OAuthToken | None):
+        return parts.publish(_own_id(category), repo, None if token is None else token.token)
+
+    def _own_id(category) -> str:
+        if not isinstance(category, str) or category not in catalogue.made:
+            raise ServiceError("Choose a category you made (with Fit) first: only those can be downloaded "
+                               "or published from here.")
+        return category
+
+    def refresh_categories(current, own):
+        choices = catalogue.choices(own)
+        values = [v for _, v in choices]
+        return gr.Dropdown(choices=choices, value=current if current in values else (values[0] if values else None))
+
     first = categories[0] if categories else None
     with gr.Blocks(title="defect-xai", fill_width=True) as demo:
         gr.Markdown("# defect-xai — explainable visual inspection\nUpload a photo of a part: the verdict comes "
@@ -123,7 +210,7 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
             gr.Markdown("**Not loaded:** " + "; ".join(f"`{s}`: {r}" for s, r in catalogue.public_failures().items()))
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                category = gr.Dropdown(categories, value=first, label="Category")
+                category = gr.Dropdown(catalogue.choices(), value=first, label="Category")
                 # image_mode=None: the original upload reaches xai.io unconverted, as /detect's file does, so
                 # transparency and 16-bit pictures get the same verdict on the page and through the API
                 image = UploadedImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
@@ -157,6 +244,42 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
                         "lower is better, the map must change when the model's weights are randomised).")
             detection_table, quality_table = card(first)
 
+        own = gr.State([])  # ids of the categories this browser session made: listed here only
+        with gr.Accordion("Add your part: a new category from a few good pictures", open=False):
+            gr.Markdown("Give your part a name and 1-300 pictures of *good* parts (files, or one zip). **Fit** builds "
+                        "the anomaly detector from them in seconds; the new category then appears in the list above, "
+                        "for this browser session only, for one hour. Optional: a few defective pictures, to check "
+                        "the detector on real defects.")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=300):
+                    part_name = gr.Textbox(label="Name of the part", max_length=60, placeholder="e.g. hex bolt")
+                    part_files = UploadedFile(file_count="multiple", label="Good pictures (or a zip)",
+                                              file_types=["image", ".zip"])
+                    part_defects = UploadedFile(file_count="multiple", label="Defective pictures (optional)",
+                                                file_types=["image", ".zip"])
+                    fit_btn = gr.Button("Fit", variant="primary")
+                with gr.Column(scale=1, min_width=300):
+                    part_card = gr.Markdown()
+                    with gr.Accordion("Fit JSON (what /fit returns)", open=False):
+                        part_json = gr.JSON(label="Fit")
+                    with gr.Row():
+                        train_btn = gr.Button("Train the explainable classifier")
+                        cancel_btn = gr.Button("Cancel training", variant="stop")
+                    train_text = gr.Markdown("Training adds the CNN head (GradCAM, saliency ... need it); the time "
+                                             "it should take is in the fit's report (`train_estimate_s`).")
+                    with gr.Row():
+                        download_btn = gr.Button("Download the category (bundle zip)")
+                        bundle_file = gr.File(label="Bundle", interactive=False)
+                    publish_repo = gr.Textbox(label="Publish to your Hugging Face account as (repo name)",
+                                              max_length=96, placeholder="my-part-defect-xai")
+                    if on_space():
+                        gr.LoginButton()
+                    else:
+                        gr.Markdown("*Publishing needs Sign in with Hugging Face, which works on a Hugging Face "
+                                    "Space only; here, download the bundle and run* `python -m training.publish`.")
+                    publish_btn = gr.Button("Publish to the Hub")
+                    publish_text = gr.Markdown()
+
         # page events (private)
         detect_btn.click(page_detect, [image, category], [verdict_img, verdict_text, verdict], api_name="ui_detect",
                          api_visibility="private", concurrency_id="detect", concurrency_limit=4)
@@ -165,6 +288,19 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
                           concurrency_limit=1)
         category.change(choose_category, category, [methods, detection_table, quality_table],
                         api_name="ui_category", api_visibility="private")
+        category.focus(refresh_categories, [category, own], category, api_name="ui_categories",
+                       api_visibility="private", concurrency_id="info", concurrency_limit=8)
+        # one heavy job at a time in all (fits and trainings share a queue, whose position the page shows)
+        fit_btn.click(page_fit, [part_files, part_name, part_defects, own], [part_card, part_json, own, category],
+                      api_name="ui_fit", api_visibility="private", concurrency_id="fit", concurrency_limit=1)
+        train_btn.click(page_train, category, [train_text, methods, detection_table, quality_table],
+                        api_name="ui_train", api_visibility="private", concurrency_id="fit", concurrency_limit=1)
+        cancel_btn.click(page_cancel, category, train_text, api_name="ui_cancel", api_visibility="private",
+                         concurrency_id="info", concurrency_limit=8)
+        download_btn.click(page_download, category, bundle_file, api_name="ui_download", api_visibility="private",
+                           concurrency_id="info", concurrency_limit=8)
+        publish_btn.click(page_publish, [category, publish_repo], publish_text, api_name="ui_publish",
+                          api_visibility="private", concurrency_id="publish", concurrency_limit=1)
 
         if build is not None:  # until the category is built: refresh its status and the category list
             timer = gr.Timer(3.0)
@@ -180,19 +316,33 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
         # public API: file inputs so xai.io sees every upload as sent
         with gr.Row(visible=False):
             api_image = UploadedFile(label="image")
+            api_images = UploadedFile(file_count="multiple", label="images")
+            api_name = gr.Textbox(label="name")
             api_category = gr.Textbox(label="category")
             api_method = gr.Textbox(label="method")
             api_out_image = gr.Image(format="jpeg")  # ~10x smaller than PNG for photos: faster round trips
             api_out_json = gr.JSON()
             api_detect, api_explain, api_info = gr.Button(), gr.Button(), gr.Button()
+            api_fit, api_train = gr.Button(), gr.Button()
         api_detect.click(detect, [api_image, api_category], [api_out_image, api_out_json], api_name="detect",
                          concurrency_id="detect", concurrency_limit=4)
         api_explain.click(explain, [api_image, api_category, api_method], [api_out_image, api_out_json],
                           api_name="explain", concurrency_id="explain", concurrency_limit=1)
         api_info.click(info, None, api_out_json, api_name="info", concurrency_id="info", concurrency_limit=8)
+        api_fit.click(fit, [api_images, api_name], api_out_json, api_name="fit", concurrency_id="fit",
+                      concurrency_limit=1)
+        api_train.click(train_classifier, api_category, api_out_json, api_name="train_classifier",
+                        concurrency_id="fit", concurrency_limit=1)
     # api_open=False: the REST routes cannot skip the queue (Spaces already default to it)
     demo.queue(default_concurrency_limit=2, max_size=256, api_open=False)
     return demo
+
+
+def on_space() -> bool:
+    """Whether the app runs on a Hugging Face Space, where Sign in with Hugging Face (OAuth) exists."""
+    from gradio.utils import get_space
+
+    return bool(get_space())
 
 
 def build_status(build) -> str:
@@ -230,6 +380,7 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # concurrent requests share the cores, not oversubscribe
     sources = os.environ.get("DEFECT_XAI_BUNDLES")
     catalogue = Catalogue.from_sources(sources)
+    catalogue.made = CategoryStore(folder=os.environ.get("DEFECT_XAI_CATEGORY_DIR") or None)
     build = start_default_build(catalogue) if sources is None and not catalogue.inspectors else None
     demo = build_app(catalogue, build=build)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"),

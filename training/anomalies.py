@@ -109,6 +109,24 @@ def blotch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return out, _changed(image, out)
 
 
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator, amount: float = 0.1) -> np.ndarray:
+    """A nuisance change, not an anomaly: brightness and contrast within `amount` (10 %)."""
+    x = image.astype(np.float32)
+    x = (x - x.mean()) * rng.uniform(1 - amount, 1 + amount) + x.mean() * rng.uniform(1 - amount, 1 + amount)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def nuisance_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The picture as if photographed again: shifted by up to 1/32 of its side, turned by up to 2 degrees
+    (reflected at the border) and photometrically jittered. Stands in for an unseen good picture when only one
+    was given."""
+    h, w = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), float(rng.uniform(-2, 2)), 1.0)
+    matrix[:, 2] += rng.uniform(-1, 1, 2) * np.array([w, h]) / 32
+    moved = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return photometric_jitter(moved, rng)
+
+
 def _changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return (before != after).any(axis=-1)
 

@@ -1,12 +1,15 @@
 """Fit and score the detector with the same defaults on several datasets, and print one table.
 
     python -m training.benchmark_detector --data DIR[,DIR...] --json OUT.json [--layout mvtec|imagefolder|elpv]
+                                          [--shots 1,4,16,all]
 
 Every dataset gets exactly `PatchCoreConfig()` (nothing per dataset) and is scored by `training.evaluate` on
 its test split. An entry `elpv` (with no folder of that name) is the elpv-dataset package used one-class.
 Besides the contract keys, each row adds the anomaly map's pointing game on the defects with masks and
 `border_peaks`: the share of defective pictures whose map maximum lies within 12 px (at model scale) of the
-picture's border, the symptom of a detector that finds picture borders anomalous.
+picture's border, the symptom of a detector that finds picture borders anomalous. `--shots` fits each dataset
+again on a seeded sample of K of its good training pictures (few-shot; "all" = every one) and scores the same
+test split, one row per dataset and K.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from training.cli import run
-from training.data import LAYOUTS, DataError, load_dataset
+from training.data import LAYOUTS, DataError, Dataset, load_dataset
 from training.evaluate import apply_split, evaluate_patchcore, load_mask, run_detections
 from training.fit_patchcore import fit
 from xai.bundle import load
@@ -40,11 +44,26 @@ def border_peak(amap: np.ndarray, margin: int = BORDER_PX) -> bool:
     return min(row, col, amap.shape[0] - 1 - row, amap.shape[1] - 1 - col) < margin
 
 
-def benchmark_one(entry: str, layout: str, out: Path, config: PatchCoreConfig, log=print) -> tuple[str, dict]:
-    """Fit `entry` into `out`, evaluate it; returns (name, row)."""
+def few_shot(dataset: Dataset, shots: int | None, seed: int = 0) -> Dataset:
+    """`dataset` with its training set cut to a seeded sample of `shots` good pictures (None: unchanged)."""
+    good = dataset.train_good
+    if shots is None:
+        return dataset
+    if shots > len(good):
+        raise DataError(f"{dataset.root} has {len(good)} good training pictures, fewer than {shots} shots.")
+    chosen = sorted(np.random.default_rng(seed).choice(len(good), shots, replace=False).tolist())
+    return replace(dataset, train=[good[i] for i in chosen])
+
+
+def benchmark_one(entry: str, layout: str, out: Path, config: PatchCoreConfig, log=print,
+                  shots: int | None = None) -> tuple[str, dict]:
+    """Fit `entry` (on `shots` good pictures, or all) into `out`, evaluate it; returns (name, row)."""
     is_elpv = layout == "elpv" or (entry == "elpv" and not Path(entry).is_dir())
     dataset = load_dataset("elpv" if is_elpv else layout, None if is_elpv else entry)
     name = "elpv" if is_elpv else Path(entry).name
+    if shots is not None:
+        name = f"{name} {shots}-shot"
+    dataset = few_shot(dataset, shots)
     start = time.perf_counter()
     fit(dataset, out, config, log=log)
     fit_s = time.perf_counter() - start
@@ -61,6 +80,7 @@ def benchmark_one(entry: str, layout: str, out: Path, config: PatchCoreConfig, l
                               if defects else None)
     report["bank_size"] = int(len(inspector.patchcore.memory_bank))
     report["fit_s"] = round(fit_s, 1)
+    report["n_good"] = len(dataset.train_good)
     return name, report
 
 
@@ -81,7 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="keep the fitted bundles in this folder (default: a temporary one)")
     parser.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
                         help="nearest-neighbour index (default: the detector's own; flat = exact, for comparison)")
+    parser.add_argument("--shots", help="comma-separated numbers of good training pictures to fit on (few-shot; "
+                        "'all' = every one); default: all")
     args = parser.parse_args(argv)
+    try:
+        shots = [None if k.strip() == "all" else int(k) for k in (args.shots or "all").split(",")]
+    except ValueError:
+        raise DataError(f"--shots takes numbers or 'all', got {args.shots!r}.") from None
+    if any(k is not None and k < 1 for k in shots):
+        raise DataError("--shots must be at least 1.")
     entries = [e.strip() for e in args.data.split(",") if e.strip()]
     if not entries:
         raise DataError("--data names no dataset.")
@@ -90,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="defect-xai-bench-") as scratch:
         root = Path(args.out or scratch)
         for entry in entries:
-            name, row = benchmark_one(entry, args.layout, root / Path(entry).name,
-                                      config, log=lambda msg: print(msg, file=sys.stderr))
-            rows[name] = row
+            for k in shots:
+                name, row = benchmark_one(entry, args.layout, root / f"{Path(entry).name}-{k or 'all'}",
+                                          config, log=lambda msg: print(msg, file=sys.stderr), shots=k)
+                rows[name] = row
             print(f"{name}: " + ", ".join(f"{c} {row.get(c)}" for c in COLUMNS), file=sys.stderr)
     result = {"config": config.to_dict(), "datasets": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

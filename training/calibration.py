@@ -52,6 +52,16 @@ def operating_point(good: np.ndarray, defect: np.ndarray, threshold: float) -> d
             "detection_rate": round(float((defect > threshold).mean()), 4) if len(defect) else None}
 
 
+def leave_one_out_false_alarms(good: np.ndarray) -> float | None:
+    """The share of held-out good scores above the log-normal threshold fitted to the *other* ones: the false-alarm
+    rate on good pictures that neither the bank nor the threshold saw (None with fewer than 3 scores)."""
+    good = np.asarray(good, float)
+    if len(good) < 3:
+        return None
+    alarms = [good[i] > lognormal_quantile(np.delete(good, i), 1 - FALSE_ALARM_TARGET) for i in range(len(good))]
+    return round(float(np.mean(alarms)), 4)
+
+
 def calibrate(good: np.ndarray, synthetic: np.ndarray, real: np.ndarray | None = None) -> dict:
     """Threshold, rule and evidence: the scores of every group and the operating point on each."""
     good = np.asarray(good, float)
@@ -69,6 +79,7 @@ def calibrate(good: np.ndarray, synthetic: np.ndarray, real: np.ndarray | None =
         "synthetic_scores": [round(float(s), 6) for s in synthetic],
         "synthetic": operating_point(good, synthetic, threshold),
         "false_alarm_rate": operating_point(good, [], threshold)["false_alarm_rate"],
+        "false_alarm_rate_unseen": None if use_real else leave_one_out_false_alarms(good),
     }
     if use_real:
         evidence["real_defect_scores"] = [round(float(s), 6) for s in real]

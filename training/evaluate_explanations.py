@@ -9,7 +9,9 @@ sigma 10 px for bundles without retrieval data; the score is the classifier's pr
 class, or PatchCore's score relative to its threshold for bundles without a classifier), the
 model-randomisation check (Spearman correlation with the same method on heads re-initialised as their
 architectures initialise them and a noise memory bank; low is good; averaged over the images where both maps
-vary, null where none does, e.g. SHAP when the random head's probability saturates) and median ms.
+vary, null where none does, e.g. SHAP when the random head's probability saturates) and median ms. One control
+row, `controls.edge_control`, scores a Sobel edge map of the picture (no model at all) the same way, so each
+method's figures can be read against what "barely depends on the weights" earns.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ import argparse
 import json
 import statistics
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from training.card import write_card
 from training.cli import progress, run
@@ -70,53 +76,81 @@ def scorer(inspector: Inspector):
     return patchcore_score
 
 
-def masked_defects(dataset: Dataset, limit: int | None, seed: int = 0) -> list:
+@dataclass
+class Case:
+    """One defective picture to explain, and its ground-truth mask at any model shape (h, w)."""
+
+    picture: Image.Image
+    mask: Callable[[tuple[int, int]], np.ndarray]
+
+
+def masked_defects(dataset: Dataset, limit: int | None, seed: int = 0) -> list[Case]:
     samples = [s for s in dataset.test if s.is_defect and s.mask is not None]
     if not samples:
         raise DataError(f"{dataset.root} has no defective test images with masks to score explanations against.")
     if limit and limit < len(samples):
         order = np.random.default_rng(seed).permutation(len(samples))[:limit]
         samples = [samples[i] for i in sorted(order)]
-    return samples
+    return [Case(load_image(s.path), lambda shape, path=s.mask: load_mask(path, shape)) for s in samples]
 
 
-def evaluate_methods(inspector: Inspector, samples: list, methods: list[str]) -> dict:
-    """The contract JSON for `methods` over `samples`."""
+def edge_control(x: torch.Tensor) -> np.ndarray:
+    """The control row: a Sobel edge map of the picture [1, 3, h, w] itself, which ignores the model entirely.
+    Scored like the methods, it shows what a map that does not depend on the weights earns on each metric (its
+    randomisation similarity is 1 by construction)."""
+    import cv2
+
+    gray = x[0].mean(0).numpy().astype(np.float32)
+    return np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3))
+
+
+CONTROL = "edge_control"
+
+
+def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str], control: bool = True) -> dict:
+    """The contract JSON for `methods` over `cases`, plus (`control`) the edge-detector control under "controls"."""
     context = inspector.explain_context()
     random_context = context.randomised(seed=0)
     score = scorer(inspector)
     explainers = {m: create_explainer(m, context) for m in methods}
     randomised = {m: create_explainer(m, random_context) for m in methods}
-    rows: dict[str, dict[str, list]] = {m: {} for m in methods}
-    for sample in progress(samples, "explanations"):
-        picture = load_image(sample.path)
+    control_component = next((c for c in ("classifier_cnn", "classifier_vit") if c in inspector.heads), "patchcore")
+    rows: dict[str, dict[str, list]] = {m: {} for m in [*methods, *([CONTROL] if control else [])]}
+    for case in progress(cases, "explanations"):
         prepared: dict[str, tuple] = {}  # per component: input, mask, image and deletion reference
-        for method in methods:
-            component = inspector.component_of(method)
+        for method in rows:
+            component = control_component if method == CONTROL else inspector.component_of(method)
             if component not in prepared:
-                x = inspector.model_input(picture, component)
+                x = inspector.model_input(case.picture, component)
                 reference = (nearest_good_image(context, x) if context.retrieval is not None
                              else baseline_for(x, "blur"))[0].numpy()
-                prepared[component] = (x, load_mask(sample.mask, tuple(x.shape[-2:])), x[0].numpy(), reference)
+                prepared[component] = (x, case.mask(tuple(x.shape[-2:])), x[0].numpy(), reference)
             x, mask, image, reference = prepared[component]
-            exp = explainers[method].explain(x)
-            random_exp = randomised[method].explain(x)
-            heat = exp.heatmap
+            if method == CONTROL:
+                start = time.perf_counter()
+                heat = edge_control(x)
+                ms, random_heat = (time.perf_counter() - start) * 1000.0, edge_control(x)
+            else:
+                exp = explainers[method].explain(x)
+                heat, ms, random_heat = exp.heatmap, exp.ms, randomised[method].explain(x).heatmap
             values = {
                 "pointing_game": pointing_game(heat, mask),
                 "energy_in_mask": energy_in_mask(heat, mask),
                 "heatmap_auroc": heatmap_auroc(heat, mask),
                 "deletion_auc": curve_auc(perturbation_curve(score, image, reference, heat)),
                 "insertion_auc": curve_auc(perturbation_curve(score, image, reference, heat, insert=True)),
-                "randomization_similarity": rank_correlation(heat, random_exp.heatmap),
-                "ms": exp.ms,
+                "randomization_similarity": rank_correlation(heat, random_heat),
+                "ms": ms,
             }
             for key, value in values.items():
                 if value is not None:
                     rows[method].setdefault(key, []).append(value)
     out = {method: {k: _summary(k, metrics.get(k, [])) for k in EXPLANATION_METRICS}
            for method, metrics in rows.items()}
-    return {"n_images": len(samples), "methods": out}
+    result = {"n_images": len(cases), "methods": {m: out[m] for m in methods}}
+    if control:
+        result["controls"] = {CONTROL: out[CONTROL]}
+    return result
 
 
 def _summary(key: str, values: list[float]) -> float | None:

@@ -5,8 +5,9 @@
 Pictures keep their shape: each is processed on a grid of its own aspect (shorter side at the input size).
 The memory bank is a greedy coreset of `coreset_ratio` of all training patches, however many there are.
 The decision threshold comes from data the bank never saw (`training.calibration`): a seeded share of the
-good training images (`calibration_fraction`, at least 3) is held out and scored together with synthetic
-anomalies made from them, or with real defective pictures given by `--defects`. Every score, the rule and
+good training images (`calibration_fraction`, at least 3) is held out, or with fewer than 30 pictures each is
+held out once by k-fold cross-fitting (see CalibrationPlan), and scored together with synthetic anomalies made
+from them, or with real defective pictures given by `--defects`. Every score, the rule and
 the expected false-alarm and detection rates are stored with the model so the choice can be audited.
 """
 
@@ -15,13 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from training.anomalies import synthesize
+from training.anomalies import nuisance_copy, synthesize
 from training.bundle_meta import describe
 from training.calibration import SYNTHETIC_PER_IMAGE, calibrate
 from training.card import write_card
@@ -30,21 +32,43 @@ from training.data import DataError, Dataset, Sample, input_size_for, list_image
 from training.features import image_batches
 from xai.backbone import TRUNKS, Trunk, create_trunk, normalise
 from xai.bundle import RETRIEVAL_DIR, save_patchcore, thumbnail_name
-from xai.metrics import pointing_game
+from xai.metrics import heatmap_auroc, pointing_game
 from xai.patchcore import PatchCore, PatchCoreConfig
 
 MIN_CALIBRATION = 3
+CROSS_FIT_BELOW = 30  # fewer good pictures than this: each is held out once (k-fold) and the bank keeps them all
+MAX_FOLDS = 5
+NUISANCE_COPIES = 4  # one picture only: re-photographed-like copies stand in for unseen good pictures
 
 
-def split_calibration(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """(bank images, calibration images): a seeded random `fraction` (>= 3) held out when there are enough."""
-    n_cal = max(MIN_CALIBRATION, int(round(fraction * len(samples))))
-    if len(samples) < n_cal + 2:
-        raise DataError(f"Need at least {MIN_CALIBRATION + 2} good training images to fit and calibrate; "
-                        f"found {len(samples)}.")
-    order = np.random.default_rng(seed).permutation(len(samples))
-    held = set(order[:n_cal].tolist())
-    return ([s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held])
+@dataclass
+class CalibrationPlan:
+    """Which good pictures calibrate the threshold without being in the bank that scores them.
+
+    held_out (30 pictures or more): a seeded 10 % (at least 3) never enters the bank, as PatchCore is usually
+    calibrated. cross_fit (2-29): with few pictures every one counts, so the final bank keeps them all and the
+    threshold comes from k-fold cross-fitting: each fold is scored against a bank built from the other folds,
+    which gives a score for every picture instead of three. copies (1): nothing can be held out; nuisance copies
+    of the picture (shifted, turned, re-lit) are scored instead, a lower bound on how far unseen good pictures
+    will be, so expect more false alarms than the stored rate."""
+
+    method: str
+    folds: list[list[int]]  # picture indices held out by each fold
+    bank: list[int]  # pictures in the final bank
+
+
+def calibration_plan(n: int, fraction: float, seed: int) -> CalibrationPlan:
+    """The plan for `n` good pictures (see CalibrationPlan); seeded, so a refit holds out the same pictures."""
+    if n < 1:
+        raise DataError("Need at least one good picture to fit the detector.")
+    if n == 1:
+        return CalibrationPlan("copies", [[0]], [0])
+    order = np.random.default_rng(seed).permutation(n)
+    if n < CROSS_FIT_BELOW:
+        k = min(n, MAX_FOLDS)
+        return CalibrationPlan("cross_fit", [sorted(order[i::k].tolist()) for i in range(k)], list(range(n)))
+    held = set(order[:max(MIN_CALIBRATION, int(round(fraction * n)))].tolist())
+    return CalibrationPlan("held_out", [sorted(held)], [i for i in range(n) if i not in held])
 
 
 def defect_samples(folder: str | Path | None) -> list[Sample]:
@@ -60,13 +84,25 @@ def defect_samples(folder: str | Path | None) -> list[Sample]:
     return samples
 
 
-def bank_features(model: PatchCore, trunk: Trunk, samples: list[Sample], thumbs: Path, batch_size: int):
-    """Per-layer patch rows, their (image, row, column) sources and per-layer image means, for the bank images;
-    writes each image's thumbnail (at model shape) for the retrieval trace."""
+@dataclass
+class Embedded:
+    """Patch features of the good pictures, computed once: per-layer rows, their (picture, row, column) sources,
+    per-layer picture means, and the model-shape pictures that calibration needs again."""
+
+    rows: list[torch.Tensor]
+    sources: np.ndarray
+    means: list[torch.Tensor]
+    arrays: dict[int, np.ndarray]
+
+
+def embed_pictures(model: PatchCore, trunk: Trunk, samples: list[Sample], batch_size: int, keep: set[int],
+                   thumbs: dict[int, Path]) -> Embedded:
+    """Raw per-layer patch rows of every picture; keeps the model-shape arrays of `keep` and writes the
+    thumbnails the retrieval trace shows (`thumbs`: picture -> file)."""
     spec = TRUNKS[model.config.trunk]
     rows: list[list[torch.Tensor]] = [[] for _ in model.config.layers]
     means: list[list[torch.Tensor]] = [[] for _ in model.config.layers]
-    sources = []
+    sources, arrays_kept = [], {}
     n_seen = 0
     for arrays, _ in image_batches(samples, model.input_shape, batch_size, "features"):
         with torch.no_grad():
@@ -78,10 +114,13 @@ def bank_features(model: PatchCore, trunk: Trunk, samples: list[Sample], thumbs:
             mean.append(part.mean(dim=(2, 3)))
         image, row, col = np.meshgrid(np.arange(n_seen, n_seen + b), np.arange(gh), np.arange(gw), indexing="ij")
         sources.append(np.stack([image.ravel(), row.ravel(), col.ravel()], axis=1))
-        for array in arrays:  # the retrieval trace shows these; JPEG keeps a bundle small
-            Image.fromarray(array).save(thumbs / thumbnail_name(n_seen), quality=90)
+        for array in arrays:
+            if n_seen in keep:
+                arrays_kept[n_seen] = array
+            if n_seen in thumbs:  # JPEG keeps a bundle small
+                Image.fromarray(array).save(thumbs[n_seen], quality=90)
             n_seen += 1
-    return [torch.cat(r) for r in rows], np.concatenate(sources), [torch.cat(m) for m in means]
+    return Embedded([torch.cat(r) for r in rows], np.concatenate(sources), [torch.cat(m) for m in means], arrays_kept)
 
 
 def score_arrays(model: PatchCore, trunk: Trunk, arrays: list[np.ndarray]) -> tuple[list[float], list[np.ndarray]]:
@@ -99,62 +138,98 @@ def model_arrays(model: PatchCore, samples: list[Sample], desc: str) -> list[np.
     return [a for arrays, _ in image_batches(samples, model.input_shape, 1, desc) for a in arrays]
 
 
+def _bank(model: PatchCore, patches: np.ndarray, sources: np.ndarray, desc: str) -> dict:
+    """Coreset of `patches` into `model`'s bank, with a progress bar."""
+    cfg = model.config
+    with progress(None, f"{desc} ({cfg.coreset_ratio:.0%} of {len(patches)} patches)",
+                  total=int(round(cfg.coreset_ratio * len(patches))), unit="patch") as bar:
+        return model.build_memory_bank(patches, sources, on_progress=lambda n, total: bar.update(n))
+
+
 def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 16, category: str | None = None,
-        log=print, defects: list[Sample] | None = None) -> dict:
-    """Fit, calibrate and save the detector into `out`; returns the facts written to bundle.json."""
+        log=print, defects: list[Sample] | None = None, trunk: Trunk | None = None) -> dict:
+    """Fit, calibrate and save the detector into `out`; returns the facts written to bundle.json. `trunk` may be
+    an already loaded one (the app's)."""
     good = dataset.train_good
     if not good:
         raise DataError(f"{dataset.root} has no good training images to fit the detector on.")
-    bank_samples, cal_samples = split_calibration(good, config.calibration_fraction, config.seed)
-    trunk = create_trunk(config.trunk)
+    plan = calibration_plan(len(good), config.calibration_fraction, config.seed)
+    trunk = trunk or create_trunk(config.trunk)
+    spec = TRUNKS[config.trunk]
     model = PatchCore(config)
     timings = {}
 
     t0 = time.perf_counter()
     thumbs = out / RETRIEVAL_DIR
     thumbs.mkdir(parents=True, exist_ok=True)
-    rows, sources, means = bank_features(model, trunk, bank_samples, thumbs, batch_size)
+    held = {i for fold in plan.folds for i in fold}
+    embedded = embed_pictures(model, trunk, good, batch_size, held,
+                              {p: thumbs / thumbnail_name(b) for b, p in enumerate(plan.bank)})
     timings["features_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    model.fit_layer_scales(rows)
-    patches = torch.cat([r / s for r, s in zip(rows, model.layer_scales)], dim=1).numpy()
-    model.image_features = torch.cat([m / s for m, s in zip(means, model.layer_scales)], dim=1)
-    del rows
-    with progress(None, f"coreset ({config.coreset_ratio:.0%} of {len(patches)} patches)",
-                  total=int(round(config.coreset_ratio * len(patches))), unit="patch") as bar:
-        facts = model.build_memory_bank(patches, sources, on_progress=lambda n, total: bar.update(n))
-    del patches
+    in_bank = np.isin(embedded.sources[:, 0], plan.bank)
+    model.fit_layer_scales([r[torch.from_numpy(in_bank)] for r in embedded.rows])
+    patches = torch.cat([r / s for r, s in zip(embedded.rows, model.layer_scales)], dim=1).numpy()
+    embedded.rows.clear()
+    model.image_features = torch.cat([m[plan.bank] / s for m, s in zip(embedded.means, model.layer_scales)], dim=1)
+    bank_sources = embedded.sources[in_bank].copy()
+    bank_sources[:, 0] = np.searchsorted(plan.bank, bank_sources[:, 0])  # picture -> its place among the bank's
+    facts = _bank(model, patches[in_bank], bank_sources, "coreset")
     timings["coreset_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    good_arrays = model_arrays(model, cal_samples, "calibration")
-    spec = TRUNKS[config.trunk]
-    with torch.no_grad():  # one pass: the distances fit the border factors, then give the good pictures' scores
-        distances = [model.nearest_distances(model.embed_image(trunk, normalise(a[None], spec.mean, spec.std)))
-                     for a in good_arrays]
-        model.fit_border_scale(distances)
-        good_scores = [float(model.image_score(model.anomaly_map(model.scale_borders(d)))[0]) for d in distances]
     rng = np.random.default_rng(config.seed)
-    synthetic = [synthesize(a, rng) for a in good_arrays for _ in range(SYNTHETIC_PER_IMAGE)]
-    synthetic_scores, synthetic_maps = score_arrays(
-        model, trunk, list(progress((s[0] for s in synthetic), "synthetic anomalies", total=len(synthetic))))
+
+    def embedding(array: np.ndarray) -> torch.Tensor:
+        return model.embed_image(trunk, normalise(array[None], spec.mean, spec.std))
+
+    good_distances, synthetic, synthetic_distances = [], [], []
+    with torch.no_grad():
+        for k, fold in enumerate(plan.folds):
+            scorer = model
+            if plan.method == "cross_fit":  # a bank without this fold's pictures scores them
+                scorer = PatchCore(config, model.layer_scales)
+                keep = ~np.isin(embedded.sources[:, 0], fold)
+                _bank(scorer, patches[keep], embedded.sources[keep], f"fold {k + 1}/{len(plan.folds)}")
+            pictures = [embedded.arrays[i] for i in fold]
+            if plan.method == "copies":
+                pictures = [nuisance_copy(pictures[0], rng) for _ in range(NUISANCE_COPIES)]
+            for array in progress(pictures, "calibration"):
+                good_distances.append(scorer.nearest_distances(embedding(array)))
+                for _ in range(SYNTHETIC_PER_IMAGE):
+                    made = synthesize(array, rng)
+                    synthetic.append(made)
+                    synthetic_distances.append(scorer.nearest_distances(embedding(made[0])))
+        del patches
+        model.fit_border_scale(good_distances)  # the border factors, then the scores they give
+
+        def scored(distances: torch.Tensor) -> tuple[float, np.ndarray]:
+            amap = model.anomaly_map(model.scale_borders(distances))
+            return float(model.image_score(amap)[0]), amap[0].numpy()
+
+        good_scores = [scored(d)[0] for d in good_distances]
+        synthetic_scores, synthetic_maps = zip(*[scored(d) for d in synthetic_distances])
     real_scores = score_arrays(model, trunk, model_arrays(model, defects, "defects"))[0] if defects else None
     evidence = calibrate(np.asarray(good_scores), np.asarray(synthetic_scores),
                          None if real_scores is None else np.asarray(real_scores))
+    masks = [mask for _, mask, _ in synthetic]
     evidence["synthetic"]["pointing_game"] = round(float(np.mean(
-        [pointing_game(amap, mask) for amap, (_, mask, _) in zip(synthetic_maps, synthetic)])), 4)
+        [pointing_game(amap, mask) for amap, mask in zip(synthetic_maps, masks)])), 4)
+    aurocs = [a for a in (heatmap_auroc(amap, mask) for amap, mask in zip(synthetic_maps, masks)) if a is not None]
+    evidence["synthetic"]["heatmap_auroc"] = round(float(np.mean(aurocs)), 4) if aurocs else None
     timings["calibration_s"] = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
     threshold = evidence.pop("threshold")
+    names = [relative_name(s.path, dataset.root) for s in good]
     info = {
         "threshold": threshold,
         "threshold_rule": evidence.pop("threshold_rule"),
-        "calibration": {"n_images": len(good_scores), "n_synthetic": len(synthetic_scores),
-                        "n_real_defects": len(real_scores or []), **evidence,
-                        "images": [relative_name(s.path, dataset.root) for s in cal_samples]},
-        "bank_images": [relative_name(s.path, dataset.root) for s in bank_samples],
+        "calibration": {"method": plan.method, "folds": len(plan.folds), "n_images": len(good_scores),
+                        "n_synthetic": len(synthetic_scores), "n_real_defects": len(real_scores or []), **evidence,
+                        "images": [names[i] for i in sorted(held)]},
+        "bank_images": [names[i] for i in plan.bank],
         "border_scale": [round(float(f), 4) for f in model.border_scale],
         "fit": {**facts, **{k: round(v, 2) for k, v in timings.items()}},
     }

@@ -36,13 +36,15 @@ def bundle_files(folder: Path) -> list[Path]:
     return files
 
 
-def publish(folder: Path, repo_id: str, revision: str | None = None, private: bool = False) -> str:
-    """Create the repo (and branch) if needed and upload the bundle; returns the commit URL."""
+def publish(folder: Path, repo_id: str, revision: str | None = None, private: bool = False,
+            token: str | None = None) -> str:
+    """Create the repo (and branch) if needed and upload the bundle; returns the commit URL. `token`: a user's
+    own (the app's Sign in with Hugging Face), used for this upload only; else huggingface_hub's stored one."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     bundle_files(folder)
-    api = HfApi()
+    api = HfApi(token=token)
     meta = load(folder).meta
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)

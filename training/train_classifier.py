@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from training.anomalies import synthesize
+from training.anomalies import photometric_jitter, synthesize
 from training.bundle_meta import describe
 from training.card import write_card
 from training.cli import progress, run, training_parser
@@ -58,13 +58,6 @@ class Examples:
     labels: torch.Tensor  # [N] class indices
 
 
-def _jitter(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mild photometric augmentation: brightness and contrast within 10 %."""
-    x = array.astype(np.float32)
-    x = (x - x.mean()) * rng.uniform(0.9, 1.1) + x.mean() * rng.uniform(0.9, 1.1)
-    return np.clip(x, 0, 255).astype(np.uint8)
-
-
 @torch.no_grad()
 def _features(trunk, arrays: np.ndarray, mean, std) -> torch.Tensor:
     return trunk(normalise(arrays, mean, std), upto=HEAD_INPUT_STAGE)[HEAD_INPUT_STAGE]
@@ -79,7 +72,7 @@ def one_class_examples(samples: list[Sample], trunk, size: int, views: int, seed
         batch, batch_labels = [], []
         for array in arrays:
             for view in range(views):
-                image = _jitter(array, rng)
+                image = photometric_jitter(array, rng)
                 anomalous = view % 2 == 1
                 if anomalous:
                     image = synthesize(image, rng)[0]
@@ -217,13 +210,15 @@ def build_examples(dataset: Dataset, trunk, size: int, cfg: TrainConfig) -> tupl
 
 
 def train(dataset: Dataset, out: Path, archs: list[str], cfg: TrainConfig, input_size: int = 224,
-          trunk_name: str = "efficientnet_lite0", category: str | None = None, log=print) -> dict:
-    """Train the requested heads and write them (and the shared metadata) into bundle `out`."""
+          trunk_name: str = "efficientnet_lite0", category: str | None = None, log=print, trunk=None) -> dict:
+    """Train the requested heads and write them (and the shared metadata) into bundle `out`; `trunk` may be an
+    already loaded one (the app's)."""
     from xai.backbone import create_trunk
 
     if len(dataset.train) < 4:
         raise DataError(f"{dataset.root} has too few training images ({len(dataset.train)}) to train a classifier.")
-    trunk = create_trunk(trunk_name)
+    trunk = trunk or create_trunk(trunk_name)
+    trunk_name = trunk.name
     normal_index = dataset.labels.index(dataset.normal_label) if dataset.normal_label in dataset.labels else None
     train_ex, val_ex = build_examples(dataset, trunk, input_size, cfg)
     augment = cfg.augment == "dihedral" or (cfg.augment == "auto" and dataset.layout == "elpv")

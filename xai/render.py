@@ -96,3 +96,32 @@ def explanations_markdown(payloads: dict, captions: dict) -> str:
     lines = ["| method | what it answers | ms |", "|---|---|---|"]
     lines += [f"| {name} | {captions.get(name, '')} | {p['ms']:.0f} |" for name, p in payloads.items()]
     return "\n".join(lines)
+
+
+def part_card_markdown(fitted: dict) -> str:
+    """The report card of a category made from a visitor's pictures (/fit's JSON) as Markdown."""
+    card = fitted.get("report", {})
+
+    def pct(value) -> str:
+        return "not measurable" if value is None else f"{value:.0%}"
+
+    alarms, synthetic = card.get("false_alarms", {}), card.get("synthetic_anomalies", {})
+    real = card.get("real_defects")
+    lines = [f"### {fitted.get('name', '')}: ready — id `{fitted.get('category', '')}`",
+             f"Fitted on {fitted.get('n_images')} good pictures in {fitted.get('seconds', 0):.1f} s; threshold "
+             f"{fitted.get('threshold', 0):.4f} ({card.get('threshold_rule', '')}).",
+             "" if not fitted.get("expires_at") else
+             f"Kept until {fitted['expires_at']} (UTC); download it to keep it.",
+             "",
+             "| what was measured, on the pictures you gave | result |", "|---|---|",
+             f"| false alarms on good pictures the memory bank never saw | {pct(alarms.get('unseen_good_pictures'))} |",
+             f"| synthetic anomalies detected ({synthetic.get('n')}, exact masks) | "
+             f"{pct(synthetic.get('detection_rate'))} |",
+             f"| ... anomaly map's peak on the anomaly (pointing game) | {pct(synthetic.get('pointing_game'))} |",
+             f"| ... anomaly map vs mask (heatmap AUROC) | {synthetic.get('heatmap_auroc') or '—'} |"]
+    if real:
+        lines.append(f"| your defective pictures detected ({real.get('n')}) | {pct(real.get('detection_rate'))} |")
+    if card.get("warning"):
+        lines += ["", f"**Caution:** {card['warning']}"]
+    lines += ["", "Synthetic anomalies are easier than most real defects: treat their figures as an upper bound."]
+    return "\n".join(lines)

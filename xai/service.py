@@ -19,6 +19,7 @@ from PIL import Image
 
 from xai.backbone import MissingWeightsError
 from xai.bundle import BundleError, load
+from xai.categories import ID_PATTERN, CategoryStore
 from xai.explainers import METHODS
 from xai.inspector import Inspector
 from xai.io import ImageSource, load_image
@@ -62,6 +63,7 @@ class Catalogue:
 
     inspectors: dict[str, Inspector] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    made: CategoryStore | None = None  # categories made at run time (/fit), by id
 
     @classmethod
     def from_sources(cls, sources: str | None = None) -> Catalogue:
@@ -94,11 +96,25 @@ class Catalogue:
     def categories(self) -> list[str]:
         return list(self.inspectors)
 
+    def choices(self, own: list[str] | None = None) -> list[tuple[str, str]]:
+        """(label, value) for a category list: the server's categories, the shared ones made at run time (with
+        DEFECT_XAI_CATEGORY_DIR), and the caller's own (`own` ids) that are still held."""
+        found = [(name, name) for name in self.inspectors]
+        if self.made is not None:
+            shared = self.made.shared()
+            found += [(f"{name} (made here)", cid) for cid, name in shared.items()]
+            held = {c.id: c for c in self.made.held()}
+            found += [(f"{held[cid].name} (yours)", cid) for cid in own or [] if cid in held and cid not in shared]
+        return found
+
     def examples(self) -> list[list[str]]:
         """[[picture path, category], ...] from every loaded bundle's stored examples."""
         return [[str(path), name] for name, ins in self.inspectors.items() for path, _ in ins.bundle.examples()]
 
     def get(self, category: str | None) -> Inspector:
+        if isinstance(category, str) and category not in self.inspectors and self.made is not None \
+                and (ID_PATTERN.fullmatch(category) or category in self.made):
+            return self.made.get(category).inspector
         if not self.inspectors:
             raise ServiceError("No category is loaded: " + "; ".join(f"{s}: {r}" for s, r in self.failures.items()))
         if not category:
@@ -178,12 +194,18 @@ class Catalogue:
     def report_card(self, category: str | None) -> tuple[list[list], list[list]]:
         """The category's stored evaluation as two tables (rows of cells): detection per component, and
         explanation quality per method. Empty tables when the bundle has not been evaluated."""
-        metrics = self.get(category).bundle.meta.get("metrics", {}) if self.inspectors else {}
+        try:
+            metrics = self.get(category).bundle.meta.get("metrics", {})
+        except ValueError:  # no category, an unknown one, or one made here that has gone
+            metrics = {}
         detection = [[name, *(m.get(k) for k in DETECTION_COLUMNS[1:])]
                      for name, m in metrics.items() if isinstance(m, dict) and "image_auroc" in m]
-        methods = metrics.get("explanations", {}).get("methods", {})
+        table = metrics.get("explanations", {})
         quality = [[name, *(m.get(k) for k in QUALITY_COLUMNS[1:-1]), _sanity(m.get("randomization_similarity"))]
-                   for name, m in methods.items()]
+                   for name, m in table.get("methods", {}).items()]
+        quality += [[f"{name} (control: a Sobel edge map, no model)", *(m.get(k) for k in QUALITY_COLUMNS[1:-1]),
+                     "control: what a map that ignores the weights scores"]
+                    for name, m in table.get("controls", {}).items()]
         return detection, quality
 
     def public_failures(self) -> dict[str, str]:
@@ -203,6 +225,7 @@ class Catalogue:
                                   "metrics": ins.bundle.meta.get("metrics", {})}
                            for name, ins in self.inspectors.items()},
             "failed": self.public_failures(),
+            "shared_categories": self.made.shared() if self.made is not None else {},
             "methods": {name: CAPTIONS.get(name, "") for name in METHODS},
             "versions": {"defect_xai": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }

@@ -68,6 +68,9 @@ class Limits:
     detect_every_s: float = 0.25  # ... then one every this many seconds (a queue flood drains in microseconds)
     explain_burst: int = 6  # explanation requests one caller may start at once ...
     explain_every_s: float = 10.0  # ... then one every this many seconds
+    fit_per_caller: int = 1  # fits (and classifier trainings) one caller may have queued or running ...
+    fit_burst: int = 4  # ... and may start at once ...
+    fit_every_s: float = 60.0  # ... then one every this many seconds
 
 
 def demo_cache_folder() -> str:

@@ -1,0 +1,151 @@
+"""The /fit and /train_classifier requests: a visitor's files become a category held in the catalogue's store,
+fitted and trained by the training package's own code (training.part), in a low-priority thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from xai.categories import BUNDLE, PICTURES, CategoryGone
+from xai.uploads import gather
+
+LOG = logging.getLogger("defect_xai")
+MAX_NAME = 60
+
+
+class PartError(ValueError):
+    """A /fit or /train_classifier request that cannot be done; the message is for whoever sent it."""
+
+
+def clean_name(name) -> str:
+    """The category's display name: printable, at most MAX_NAME characters, "my part" when empty."""
+    if name is not None and not isinstance(name, str):
+        raise PartError("The name must be text.")
+    text = " ".join("".join(c for c in (name or "") if c.isprintable()).split())[:MAX_NAME]
+    return text or "my part"
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+class Parts:
+    """Makes and trains the categories of `catalogue.made` (an xai.categories.CategoryStore)."""
+
+    def __init__(self, catalogue):
+        if catalogue.made is None:
+            raise ValueError("the catalogue has no category store")
+        self.catalogue = catalogue
+        self.store = catalogue.made
+        self._trunk = None
+        self._lock = threading.Lock()
+
+    def trunk(self):
+        """The loaded categories' trunk (one in memory), or a new one when none is loaded."""
+        from xai.backbone import create_trunk
+
+        with self._lock:
+            if self._trunk is None:
+                shared = [ins.trunk for ins in self.catalogue.inspectors.values()
+                          if ins.trunk.name == "efficientnet_lite0"]
+                self._trunk = shared[0] if shared else create_trunk("efficientnet_lite0")
+            return self._trunk
+
+    def load(self, bundle: Path):
+        from xai.bundle import load
+        from xai.inspector import Inspector
+
+        return Inspector(load(bundle), self.trunk())
+
+    def fit(self, files, name, caller: str, defects=None) -> dict:
+        """A new category from good pictures (and optionally a few defective ones): the /fit JSON."""
+        from training.cli import run_errors
+        from training.part import fit_part, training_estimate_s
+        from xai.lowpriority import run_low_priority
+
+        name = clean_name(name)
+        limits = self.store.limits
+        start = time.perf_counter()
+        cid, folder = self.store.new_folder()
+        try:
+            pictures = gather(files, folder / PICTURES, limits.max_pictures, limits.max_fit_bytes)
+            bad = gather(defects, folder / "defects", limits.max_defects, limits.max_fit_bytes,
+                         "defective pictures") if defects else []
+            with run_errors(PartError):
+                card = run_low_priority(fit_part, pictures, folder / BUNDLE, name, self.trunk(), bad)
+            category = self.store.add(cid, name, caller, self.load(folder / BUNDLE))
+        except BaseException:
+            self.store.discard(folder)
+            raise
+        meta = category.inspector.bundle.meta["components"]["patchcore"]
+        return {"category": cid, "name": name, "n_images": len(pictures), "n_defects": len(bad),
+                "threshold": round(float(meta["threshold"]), 6), "seconds": round(time.perf_counter() - start, 2),
+                "report": card, "expires_at": _iso(category.expires_at),
+                "train_estimate_s": training_estimate_s(len(pictures), meta["fit"]["features_s"],
+                                                        meta["fit"]["n_images"] + meta["calibration"]["n_images"]
+                                                        if meta["calibration"]["method"] == "held_out"
+                                                        else meta["fit"]["n_images"])}
+
+    def train(self, cid, cancel: threading.Event | None = None) -> dict:
+        """Train the CNN head of category `cid` on its pictures, then its explanation table: the new report card.
+        `cancel` stops it between two steps (the category keeps what it had)."""
+        from training.cli import run_errors, stop_when
+        from training.part import train_part
+        from xai.lowpriority import run_low_priority
+
+        if not isinstance(cid, str):
+            raise PartError("The category must be the id that /fit returned.")
+        category = self.store.get(cid)
+        pictures = sorted((category.folder / PICTURES).glob("*"))
+        if not pictures:
+            raise PartError(f"Category {cid} keeps no pictures to train on (it was not made with /fit).")
+        if "classifier_cnn" in category.inspector.heads:
+            raise PartError(f"Category {category.name} already has its classifier.")
+        work = category.folder / "training"  # trained beside the bundle, swapped in only when complete
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(category.bundle, work)
+        start = time.perf_counter()
+        try:
+            with stop_when(cancel or threading.Event()), run_errors(PartError):
+                card = run_low_priority(train_part, work, pictures, category.name, self.trunk())
+            if cid not in {c.id for c in self.store.held()}:
+                raise CategoryGone(f"Category {cid} went while its classifier trained (it expired or was replaced).")
+            shutil.rmtree(category.bundle)
+            work.rename(category.bundle)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        category.inspector = self.load(category.bundle)
+        return {"category": cid, "name": category.name, "seconds": round(time.perf_counter() - start, 2),
+                "methods": category.inspector.methods(), "report": card}
+
+    def publish(self, cid: str, repo: str, token: str | None) -> str:
+        """Upload category `cid`'s bundle to `<the token's user>/<repo>` with training.publish; Markdown for the
+        page. The token is used for this call only and kept nowhere."""
+        import re
+
+        from training.cli import run_errors
+        from training.publish import publish
+
+        if not token:
+            raise PartError("Sign in with Hugging Face first (the button above; on a Hugging Face Space only).")
+        if not isinstance(repo, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", repo.strip()):
+            raise PartError("The repo name may hold letters, digits, '.', '_' and '-' (at most 96).")
+        category = self.store.get(cid)
+        with run_errors(PartError):
+            from huggingface_hub import whoami
+            from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+            try:
+                user = whoami(token=token)["name"]
+            except OfflineModeIsEnabled:
+                raise PartError("This server is offline (HF_HUB_OFFLINE is set): nothing can be published from it; "
+                                "download the bundle instead.") from None
+            except (HfHubHTTPError, OSError, KeyError) as exc:
+                raise PartError(f"The Hub did not accept the sign-in: {str(exc).splitlines()[0]}") from None
+            url = publish(category.bundle, f"{user}/{repo.strip()}", token=token)
+        return f"Published: {url}"
