@@ -195,11 +195,6 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
                                "or published from here.")
         return category
 
-    def refresh_categories(current, own):
-        choices = catalogue.choices(own)
-        values = [v for _, v in choices]
-        return gr.Dropdown(choices=choices, value=current if current in values else (values[0] if values else None))
-
     first = categories[0] if categories else None
     with gr.Blocks(title="defect-xai", fill_width=True) as demo:
         gr.Markdown("# defect-xai — explainable visual inspection\nUpload a photo of a part: the verdict comes "
@@ -288,8 +283,6 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
                           concurrency_limit=1)
         category.change(choose_category, category, [methods, detection_table, quality_table],
                         api_name="ui_category", api_visibility="private")
-        category.focus(refresh_categories, [category, own], category, api_name="ui_categories",
-                       api_visibility="private", concurrency_id="info", concurrency_limit=8)
         # one heavy job at a time in all (fits and trainings share a queue, whose position the page shows)
         fit_btn.click(page_fit, [part_files, part_name, part_defects, own], [part_card, part_json, own, category],
                       api_name="ui_fit", api_visibility="private", concurrency_id="fit", concurrency_limit=1)

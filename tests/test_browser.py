@@ -44,7 +44,7 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # not networkidle: the session heartbeat stays open
             page.locator("input[type=file]").first.set_input_files(str(part))
             page.get_by_role("button", name="Inspect", exact=True).click()
             expect(page.get_by_text("DEFECT: blob")).to_be_visible(timeout=60_000)  # the verdict headline first
@@ -57,7 +57,7 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
 
             # phone width: nothing wider than the screen, and the same flow works
             phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-            phone.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            phone.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # not networkidle: the session heartbeat stays open
             assert phone.evaluate("document.documentElement.scrollWidth") <= 390
             phone.locator("input[type=file]").first.set_input_files(str(part))
             phone.get_by_role("button", name="Inspect", exact=True).click()
@@ -78,3 +78,61 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
     finally:
         demo.close()
     assert (shots / "app.png").stat().st_size > 10_000
+
+
+def test_add_a_category_inspect_it_and_download_it(classifier_bundle, tmp_path):
+    """A visitor teaches the app a new part from generated pictures on the page, inspects a defective one with it,
+    and downloads the category; the zip loads as a bundle."""
+    import zipfile
+
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    from app import build_app
+    from xai.bundle import load
+    from xai.service import Catalogue
+
+    rng = np.random.default_rng(21)
+    good = []
+    for i in range(4):
+        good.append(tmp_path / f"good_{i}.png")
+        Image.fromarray(texture(rng)).save(good[-1])
+    part = tmp_path / "scratched.png"
+    Image.fromarray(add_defect(texture(rng), rng, "blob")[0]).save(part)
+    demo = build_app(Catalogue.from_sources(str(classifier_bundle)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    shots = ROOT / "out" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # not networkidle: the session heartbeat stays open
+            page.get_by_text("Add your part", exact=False).first.click()
+            page.get_by_label("Name of the part").fill("woven strap")
+            page.locator("input[type=file]").nth(1).set_input_files([str(p) for p in good])
+            page.get_by_role("button", name="Fit", exact=True).click()
+            expect(page.get_by_text("woven strap: ready").first).to_be_visible(timeout=120_000)
+            expect(page.get_by_role("cell", name="synthetic anomalies detected", exact=False)).to_be_visible()
+            page.locator("input[type=file]").first.set_input_files(str(part))
+            page.get_by_role("button", name="Inspect", exact=True).click()
+            expect(page.get_by_text("DEFECT").first).to_be_visible(timeout=60_000)
+            page.get_by_role("button", name="Download the category (bundle zip)").click()
+            link = page.locator("a[href*='gradio_api/file='][href$='.zip']").first
+            expect(link).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(shots / "app-new-part.png"), full_page=True)
+            href = link.get_attribute("href")
+            browser.close()
+        url = href if href.startswith("http") else f"http://127.0.0.1:{port}{href}"
+        archive = tmp_path / "download.zip"
+        archive.write_bytes(httpx.get(url).content)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp_path / "unzipped")
+        bundle = load(tmp_path / "unzipped")
+        assert bundle.category == "woven strap" and bundle.components() == ["patchcore"]
+        assert (tmp_path / "unzipped" / "README.md").is_file()
+    finally:
+        demo.close()

@@ -70,13 +70,21 @@ def test_unreadable_image_is_named(texture_data, tmp_path, capsys):
     assert "007.png" in err and "not an image" in err
 
 
-def test_too_few_images(texture_data, tmp_path, capsys):
+def test_three_images_fit_by_cross_fitting(texture_data, tmp_path):
     data = tmp_path / "d"
     (data / "train" / "good").mkdir(parents=True)
     for p in sorted((texture_data / "train" / "good").iterdir())[:3]:
         shutil.copy(p, data / "train" / "good")
-    err = one_line_error(fit_patchcore.main, ["--data", str(data), "--out", str(tmp_path / "b")], capsys)
-    assert "at least 5" in err
+    assert run(fit_patchcore.main, ["--data", str(data), "--out", str(tmp_path / "b")]) == 0
+    comp = json.loads((tmp_path / "b" / "bundle.json").read_text())["components"]["patchcore"]
+    assert comp["calibration"]["method"] == "cross_fit" and comp["calibration"]["n_images"] == 3
+    assert len(comp["bank_images"]) == 3  # with so few pictures, every one is in the final bank
+
+
+def test_no_images(tmp_path, capsys):
+    (tmp_path / "d" / "train" / "good").mkdir(parents=True)
+    err = one_line_error(fit_patchcore.main, ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "b")], capsys)
+    assert "holds no images" in err
 
 
 def test_evaluate_missing_bundle(texture_data, tmp_path, capsys):

@@ -48,9 +48,11 @@ def test_contract_json_and_stored_table(full_bundle, texture_data, tmp_path):
 
     catalogue = Catalogue.from_sources(str(full_bundle))
     _, quality = catalogue.report_card(catalogue.categories[0])
-    assert [row[0] for row in quality] == list(result["methods"])
+    assert [row[0] for row in quality][:-1] == list(result["methods"])
+    assert quality[-1][0].startswith("edge_control") and quality[-1][-1].startswith("control")
+    assert result["controls"]["edge_control"]["randomization_similarity"] == pytest.approx(1.0)
     assert quality[0][1:-1] == [result["methods"]["anomaly_map"][k] for k in QUALITY_COLUMNS[1:-1]]
-    for row in quality:  # the last column reads the randomisation check
+    for row in quality[:-1]:  # the last column reads the randomisation check (the control row excepted)
         similarity = row[QUALITY_COLUMNS.index("randomization_similarity")]
         assert row[-1] == ("undefined (a map was constant)" if similarity is None else
                            "passes" if similarity <= 0.5 else "FAILS: map barely depends on the weights")

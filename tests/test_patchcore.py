@@ -125,9 +125,19 @@ def test_real_defects_take_the_place_of_synthetic_ones():
     assert evidence["real"]["detection_rate"] == 1.0 and evidence["synthetic"]["detection_rate"] == 1.0
 
 
-def test_calibration_images_never_enter_the_bank(texture_bundle):
-    comp = load(texture_bundle).meta["components"]["patchcore"]
-    assert not set(comp["calibration"]["images"]) & set(comp["bank_images"])
+def test_calibration_images_never_enter_the_bank_that_scores_them(texture_bundle, texture_data, tmp_path):
+    from training.data import load_dataset
+    from training.fit_patchcore import fit
+    from xai.patchcore import PatchCoreConfig
+
+    comp = load(texture_bundle).meta["components"]["patchcore"]  # 14 pictures: cross-fitted, all in the final bank
+    assert comp["calibration"]["method"] == "cross_fit" and comp["calibration"]["folds"] == 5
+    assert set(comp["calibration"]["images"]) == set(comp["bank_images"]) and len(comp["bank_images"]) == 14
+    dataset = load_dataset("mvtec", texture_data)
+    dataset.train = dataset.train * 3  # 42 pictures: a held-out 10 % that never enters the bank
+    info = fit(dataset, tmp_path / "b", PatchCoreConfig(), log=lambda msg: None)
+    assert info["calibration"]["method"] == "held_out" and info["calibration"]["n_images"] == 4
+    assert len(info["bank_images"]) == 38
 
 
 def test_gaussian_blur_preserves_mass_and_spreads_a_point():

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.out or scratch)
         for entry in entries:
             for k in shots:
-                name, row = benchmark_one(entry, args.layout, root / f"{Path(entry).name}-{k or 'all'}",
+                name, row = benchmark_one(entry, args.layout, root / (Path(entry).name + (f"-{k}" if k else "")),
                                           config, log=lambda msg: print(msg, file=sys.stderr), shots=k)
                 rows[name] = row
             print(f"{name}: " + ", ".join(f"{c} {row.get(c)}" for c in COLUMNS), file=sys.stderr)

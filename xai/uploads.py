@@ -28,7 +28,7 @@ def _clean(name: str) -> str:
 
 def _is_picture_member(info: zipfile.ZipInfo) -> bool:
     name = info.filename.replace("\\", "/")
-    hidden = any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
+    hidden = any((part.startswith(".") and part not in (".", "..")) or part == "__MACOSX" for part in name.split("/"))
     return not info.is_dir() and not hidden and Path(name).suffix.lower() in PICTURE_SUFFIXES
 
 

@@ -1,0 +1,125 @@
+"""Categories made at run time (xai.categories) and the files of one fit (xai.uploads), without any model: a fake
+clock drives the time to live, and every refusal is checked for the message its sender gets."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+from xai.categories import CategoryGone, CategoryLimits, CategoryStore
+from xai.uploads import UploadError, gather
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fitted(store: CategoryStore, owner: str = "a", name: str = "part") -> str:
+    cid, folder = store.new_folder()
+    (folder / "bundle").mkdir()
+    (folder / "bundle" / "bundle.json").write_text(json.dumps({"category": name}))
+    store.add(cid, name, owner, inspector=f"inspector of {name}")
+    return cid
+
+
+def test_ids_are_unguessable_and_a_category_expires_with_its_files(tmp_path):
+    clock = Clock()
+    store = CategoryStore(CategoryLimits(ttl_s=60), clock=clock)
+    ids = {_fitted(store, owner=str(i)) for i in range(3)}
+    assert len(ids) == 3 and all(len(cid) == 22 for cid in ids)
+    cid = next(iter(ids))
+    folder = store.get(cid).folder
+    assert store.get(cid).inspector == "inspector of part" and folder.is_dir()
+    clock.now += 61
+    with pytest.raises(CategoryGone, match="expired"):
+        store.get(cid)
+    assert not folder.exists() and store.held() == []
+    with pytest.raises(CategoryGone, match="Unknown category"):
+        store.get("A" * 22)
+
+
+def test_the_cap_drops_the_least_recently_used_and_says_so():
+    clock = Clock()
+    store = CategoryStore(CategoryLimits(capacity=2, per_caller=5), clock=clock)
+    first, second = _fitted(store, "a"), _fitted(store, "b")
+    clock.now += 1
+    store.get(first)  # now the second is the least recently used
+    third = _fitted(store, "c")
+    assert {c.id for c in store.held()} == {first, third}
+    with pytest.raises(CategoryGone, match="least recently used"):
+        store.get(second)
+    assert len(list(store.root.iterdir())) == 2  # memory and disk bounded alike
+
+
+def test_one_caller_cannot_flush_everyone_elses_categories():
+    store = CategoryStore(CategoryLimits(capacity=5, per_caller=2), clock=Clock())
+    other = _fitted(store, "victim")
+    mine = [_fitted(store, "flooder") for _ in range(6)]
+    held = {c.id for c in store.held()}
+    assert other in held and held - {other} == set(mine[-2:])
+    with pytest.raises(CategoryGone, match="one caller may hold 2"):
+        store.get(mine[0])
+
+
+def test_a_category_folder_persists_is_shared_and_loads_again(tmp_path):
+    loads = []
+    store = CategoryStore(CategoryLimits(capacity=1), folder=tmp_path, load=lambda b: loads.append(b) or "reloaded")
+    first = _fitted(store, "a", "bolt")
+    second = _fitted(store, "b", "nut")  # over the cap: the first is unloaded, not deleted
+    assert store.get(second).expires_at is None and (tmp_path / first / "bundle" / "bundle.json").is_file()
+    assert store.shared() == {first: "bolt", second: "nut"}
+    assert store.get(first).inspector == "reloaded" and loads == [tmp_path / first / "bundle"]
+    restarted = CategoryStore(folder=tmp_path, load=lambda b: "from disk")
+    assert restarted.shared() == {first: "bolt", second: "nut"}
+    assert restarted.get(second).inspector == "from disk"
+
+
+def test_download_is_the_bundle_at_the_zip_root():
+    store = CategoryStore(clock=Clock())
+    cid = _fitted(store)
+    (store.get(cid).pictures / "000_a.png").write_bytes(b"not part of the bundle")
+    with zipfile.ZipFile(store.archive(cid)) as archive:
+        assert archive.namelist() == ["bundle.json"]
+
+
+def _zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_zip_member_names_never_leave_the_folder(tmp_path):
+    archive = _zip(tmp_path / "pics.zip", {"../../evil.png": b"a", "/etc/abs.png": b"b", "ok/x.JPG": b"c",
+                                           "__MACOSX/._x.png": b"d", "notes.txt": b"e", ".hidden.png": b"f"})
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(b"g")
+    dest = tmp_path / "dest"
+    copies = gather([str(archive), str(plain)], dest, max_pictures=10, max_bytes=1000)
+    assert [c.name for c in copies] == ["000_evil.png", "001_abs.png", "002_x.JPG", "003_plain.png"]
+    assert all(c.parent == dest for c in copies) and not (tmp_path / "evil.png").exists()
+    assert [c.read_bytes() for c in copies] == [b"a", b"b", b"c", b"g"]
+
+
+def test_caps_on_count_and_bytes_are_checked_before_unpacking(tmp_path):
+    many = _zip(tmp_path / "many.zip", {f"{i}.png": b"x" for i in range(5)})
+    with pytest.raises(UploadError, match="at most 4"):
+        gather([str(many)], tmp_path / "d1", max_pictures=4, max_bytes=10**6)
+    # a zip bomb: tiny compressed, large declared size; refused on the declared size, nothing written
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big.png", b"\0" * 3_000_000)
+    assert bomb.stat().st_size < 10_000
+    with pytest.raises(UploadError, match="more than"):
+        gather([str(bomb)], tmp_path / "d2", max_pictures=4, max_bytes=2_000_000)
+    assert not (tmp_path / "d2").exists()
+    with pytest.raises(UploadError, match="No good pictures"):
+        gather([str(_zip(tmp_path / "empty.zip", {"readme.txt": b"x"}))], tmp_path / "d4", 4, 10**6)
+    with pytest.raises(UploadError, match="list of files"):
+        gather([{"path": "/etc/passwd"}], tmp_path / "d5", 4, 10**6)

@@ -1,0 +1,178 @@
+"""A visitor's own part: few-shot fitting and its calibration, the report card with the edge-detector control,
+cancelling a training, and /fit through the launched app with its isolation, expiry, eviction and upload limits."""
+
+from __future__ import annotations
+
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_app import free_port
+
+from synthetic import add_defect, texture
+from training.fit_patchcore import CROSS_FIT_BELOW, calibration_plan
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> list:
+    """Six good woven parts and one defective one, as PNG files (a visitor's upload)."""
+    rng = np.random.default_rng(11)
+    folder = tmp_path_factory.mktemp("visitor")
+    good = []
+    for i in range(6):
+        path = folder / f"good_{i}.png"
+        Image.fromarray(texture(rng)).save(path)
+        good.append(path)
+    bad = folder / "bad.png"
+    Image.fromarray(add_defect(texture(rng), rng, "blob")[0]).save(bad)
+    return [*good, bad]
+
+
+def test_calibration_plans_hold_every_picture_out_exactly_once():
+    assert calibration_plan(1, 0.1, 0).method == "copies"
+    for n in (2, 4, 16, CROSS_FIT_BELOW - 1):
+        plan = calibration_plan(n, 0.1, 0)
+        held = sorted(i for fold in plan.folds for i in fold)
+        assert plan.method == "cross_fit" and held == list(range(n)) and plan.bank == list(range(n))
+    plan = calibration_plan(200, 0.1, 0)  # the large-set plan: a held-out 10 %, never in the bank
+    assert plan.method == "held_out" and len(plan.folds[0]) == 20 and not set(plan.folds[0]) & set(plan.bank)
+
+
+def test_leave_one_out_false_alarms_are_measured_on_scores_the_threshold_never_saw():
+    from training.calibration import leave_one_out_false_alarms
+
+    assert leave_one_out_false_alarms(np.ones(2)) is None
+    rng = np.random.default_rng(0)
+    steady = rng.lognormal(0, 0.05, 40)
+    assert leave_one_out_false_alarms(steady) <= 0.1
+    assert leave_one_out_false_alarms(np.r_[steady, 10.0]) >= 1 / 41  # the outlier, scored without itself
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_one_or_four_pictures_make_a_working_category(n, pictures, tmp_path, trunk):
+    from training.part import fit_part
+    from xai.bundle import load
+    from xai.inspector import Inspector
+
+    card = fit_part(pictures[:n], tmp_path / "bundle", "weave", trunk, defects=[pictures[-1]])
+    inspector = Inspector(load(tmp_path / "bundle"), trunk)
+    assert card["calibration"]["method"] == ("copies" if n == 1 else "cross_fit")
+    assert card["calibration"]["scored_good_pictures"] == (4 if n == 1 else n)
+    assert card["synthetic_anomalies"]["n"] == 4 * card["calibration"]["scored_good_pictures"]
+    assert card["real_defects"]["n"] == 1
+    assert ("warning" in card) == (n == 1)
+    bad = inspector.detect(pictures[-1])
+    unseen = inspector.detect(pictures[5])
+    assert bad.is_defect and bad.score > unseen.score
+
+
+def test_a_picture_that_is_not_one_is_named_in_the_error(pictures, tmp_path, trunk):
+    from training.cli import run_errors
+    from training.part import fit_part
+    from xai.parts import PartError
+
+    junk = tmp_path / "003_notes.png"
+    junk.write_text("not a picture")
+    with pytest.raises(PartError, match="003_notes.png") as caught, run_errors(PartError):
+        fit_part([*pictures[:2], junk], tmp_path / "bundle", "weave", trunk)
+    assert str(tmp_path) not in str(caught.value)
+
+
+def test_training_reports_the_edge_control_and_stops_when_cancelled(pictures, tmp_path, trunk):
+    from training.cli import Cancelled, stop_when
+    from training.part import CARD_METHODS, fit_part, train_part
+
+    bundle = tmp_path / "bundle"
+    fit_part(pictures[:4], bundle, "weave", trunk)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled), stop_when(stop):
+        train_part(bundle, pictures[:4], "weave", trunk, epochs=1)
+    card = train_part(bundle, pictures[:4], "weave", trunk, epochs=1)
+    table = card["explanations"]
+    assert set(table["methods"]) == {m for m in CARD_METHODS}
+    control = table["controls"]["edge_control"]
+    assert control["randomization_similarity"] == pytest.approx(1.0)  # it ignores the weights by construction
+    assert all(m["randomization_similarity"] is None or m["randomization_similarity"] < 1.0
+               for m in table["methods"].values())
+
+
+# -- through the launched app ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(classifier_bundle):
+    from app import build_app, launch_options
+    from xai.categories import CategoryLimits, CategoryStore
+    from xai.service import Catalogue
+    from xai.web import Limits
+
+    catalogue = Catalogue.from_sources(str(classifier_bundle))
+    catalogue.made = CategoryStore(CategoryLimits(ttl_s=30, capacity=2, per_caller=5, max_pictures=4,
+                                                  max_fit_bytes=3_000_000))
+    demo = build_app(catalogue, limits=Limits(fit_burst=50, fit_every_s=0.01))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    yield f"http://127.0.0.1:{port}", catalogue
+    demo.close()
+
+
+def _client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def _fit(client, paths, name="weave"):
+    from gradio_client import handle_file
+
+    return client.predict([handle_file(str(p)) for p in paths], name, api_name="/fit")
+
+
+def test_a_category_is_its_makers_until_it_goes(server, pictures, part):
+    from gradio_client import handle_file
+
+    url, catalogue = server
+    maker, other = _client(url), _client(url)
+    start = time.perf_counter()
+    made = _fit(maker, pictures[:3], "my weave")
+    assert made["n_images"] == 3 and made["name"] == "my weave" and len(made["category"]) == 22
+    assert made["seconds"] <= time.perf_counter() - start and made["expires_at"]
+    cid = made["category"]
+    verdict = maker.predict(handle_file(str(part)), cid, api_name="/detect")[1]
+    assert verdict["category"] == "my weave" and verdict["is_defect"]
+    # listed nowhere public: not in /info, and another session's category list lacks it
+    info = other.predict(api_name="/info")
+    assert cid not in str(info) and "my weave" not in str(info)
+    assert cid not in [v for _, v in catalogue.choices([])] and cid in [v for _, v in catalogue.choices([cid])]
+    # ... but whoever holds the id may use it
+    assert other.predict(handle_file(str(part)), cid, api_name="/detect")[1]["category"] == "my weave"
+    # more categories than the cap: the least recently used goes, with its message; memory and disk stay bounded
+    later = [_fit(maker, pictures[:2], f"w{i}")["category"] for i in range(2)]
+    with pytest.raises(Exception, match="least recently used"):
+        other.predict(handle_file(str(part)), cid, api_name="/detect")
+    assert len(catalogue.made.held()) == 2 and len(list(catalogue.made.root.iterdir())) == 2
+    # expiry: the clock moves past the time to live
+    catalogue.made.clock = lambda: time.time() + 31
+    try:
+        with pytest.raises(Exception, match="expired"):
+            maker.predict(handle_file(str(part)), later[-1], api_name="/detect")
+    finally:
+        catalogue.made.clock = time.time
+
+
+def test_over_limit_uploads_are_refused_with_their_message(server, pictures, tmp_path):
+    url, catalogue = server
+    client = _client(url)
+    before = set(catalogue.made.root.iterdir())
+    with pytest.raises(Exception, match="at most 4"):
+        _fit(client, pictures[:5])
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.png", b"\0" * 4_000_000)
+    with pytest.raises(Exception, match="more than"):
+        _fit(client, [bomb])
+    with pytest.raises(Exception, match="Unknown category"):
+        client.predict("A" * 22, api_name="/train_classifier")
+    assert set(catalogue.made.root.iterdir()) == before  # nothing left behind by the refused fits
