@@ -65,7 +65,7 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
     def methods_for(category: str | None) -> list[str]:
         try:
             return catalogue.get(category).methods()
-        except ServiceError:
+        except ValueError:  # none, an unknown one, or one made here that has gone
             return []
 
     def quick(category: str | None) -> list[str]:
@@ -129,6 +129,32 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
                 return parts.train(category, stops[category])
         finally:
             stops.pop(category, None)
+
+    def admission(n_inputs: int, request: gr.Request | None):
+        """Runs as a fit or training is queued (Gradio's validator), so the queue itself stays bounded: one caller
+        may have `fit_per_caller` of them queued or running, and at most `fit_queue` wait in all. (Checks made
+        when a job starts would let junk wait there behind a long fit, filling the queue for everyone.)"""
+        caller = client_key(request)
+        waiting = list(getattr(demo._queue.event_queue_per_concurrency_id.get("fit"), "queue", []))
+        mine = sum(client_key(event.request) == caller for event in waiting) + fit_limit.running(caller)
+        refusal = None
+        if mine >= limits.fit_per_caller:
+            refusal = "You already have a fit or training queued or running; wait for it to finish."
+        elif len(waiting) >= limits.fit_queue:
+            refusal = f"{len(waiting)} fits and trainings are waiting already; try again in a few minutes."
+        verdicts = [gr.validate(refusal is None or i > 0, refusal if i == 0 and refusal else "")
+                    for i in range(n_inputs)]  # the refusal once, on the first input
+        return verdicts[0] if len(verdicts) == 1 else verdicts  # Gradio takes one output's value bare
+
+    # Gradio hands a validator the event's inputs and finds gr.Request by its named parameter: one per signature
+    def admit_fit(images, name, request: gr.Request = None):
+        return admission(2, request)
+
+    def admit_page_fit(images, name, defects, own, request: gr.Request = None):
+        return admission(4, request)
+
+    def admit_train(category, request: gr.Request = None):
+        return admission(1, request)
 
     @guarded(EXPECTED)
     def fit(images, name, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
@@ -285,9 +311,11 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
                         api_name="ui_category", api_visibility="private")
         # one heavy job at a time in all (fits and trainings share a queue, whose position the page shows)
         fit_btn.click(page_fit, [part_files, part_name, part_defects, own], [part_card, part_json, own, category],
-                      api_name="ui_fit", api_visibility="private", concurrency_id="fit", concurrency_limit=1)
+                      api_name="ui_fit", api_visibility="private", concurrency_id="fit", concurrency_limit=1,
+                      validator=admit_page_fit)
         train_btn.click(page_train, category, [train_text, methods, detection_table, quality_table],
-                        api_name="ui_train", api_visibility="private", concurrency_id="fit", concurrency_limit=1)
+                        api_name="ui_train", api_visibility="private", concurrency_id="fit", concurrency_limit=1,
+                        validator=admit_train)
         cancel_btn.click(page_cancel, category, train_text, api_name="ui_cancel", api_visibility="private",
                          concurrency_id="info", concurrency_limit=8)
         download_btn.click(page_download, category, bundle_file, api_name="ui_download", api_visibility="private",
@@ -298,12 +326,13 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
         if build is not None:  # until the category is built: refresh its status and the category list
             timer = gr.Timer(3.0)
 
-            def tick(current):
-                choices = catalogue.categories
-                value = current if current in choices else (choices[0] if choices else None)
+            def tick(current, own):
+                choices = catalogue.choices(own)
+                values = [v for _, v in choices]
+                value = current if current in values else (values[0] if values else None)
                 return build_status(build), gr.Dropdown(choices=choices, value=value), gr.Timer(active=not build.done)
 
-            timer.tick(tick, category, [build_text, category, timer], api_name="ui_build_status",
+            timer.tick(tick, [category, own], [build_text, category, timer], api_name="ui_build_status",
                        api_visibility="private", concurrency_id="info", concurrency_limit=8)
 
         # public API: file inputs so xai.io sees every upload as sent
@@ -323,9 +352,9 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
                           api_name="explain", concurrency_id="explain", concurrency_limit=1)
         api_info.click(info, None, api_out_json, api_name="info", concurrency_id="info", concurrency_limit=8)
         api_fit.click(fit, [api_images, api_name], api_out_json, api_name="fit", concurrency_id="fit",
-                      concurrency_limit=1)
+                      concurrency_limit=1, validator=admit_fit)
         api_train.click(train_classifier, api_category, api_out_json, api_name="train_classifier",
-                        concurrency_id="fit", concurrency_limit=1)
+                        concurrency_id="fit", concurrency_limit=1, validator=admit_train)
     # api_open=False: the REST routes cannot skip the queue (Spaces already default to it)
     demo.queue(default_concurrency_limit=2, max_size=256, api_open=False)
     return demo

@@ -44,7 +44,7 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # not networkidle: the session heartbeat stays open
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # heartbeat: never idle
             page.locator("input[type=file]").first.set_input_files(str(part))
             page.get_by_role("button", name="Inspect", exact=True).click()
             expect(page.get_by_text("DEFECT: blob")).to_be_visible(timeout=60_000)  # the verdict headline first
@@ -57,7 +57,7 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
 
             # phone width: nothing wider than the screen, and the same flow works
             phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-            phone.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # not networkidle: the session heartbeat stays open
+            phone.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # heartbeat: never idle
             assert phone.evaluate("document.documentElement.scrollWidth") <= 390
             phone.locator("input[type=file]").first.set_input_files(str(part))
             phone.get_by_role("button", name="Inspect", exact=True).click()
@@ -110,7 +110,7 @@ def test_add_a_category_inspect_it_and_download_it(classifier_bundle, tmp_path):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # not networkidle: the session heartbeat stays open
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # heartbeat: never idle
             page.get_by_text("Add your part", exact=False).first.click()
             page.get_by_label("Name of the part").fill("woven strap")
             page.locator("input[type=file]").nth(1).set_input_files([str(p) for p in good])

@@ -176,3 +176,32 @@ def test_over_limit_uploads_are_refused_with_their_message(server, pictures, tmp
     with pytest.raises(Exception, match="Unknown category"):
         client.predict("A" * 22, api_name="/train_classifier")
     assert set(catalogue.made.root.iterdir()) == before  # nothing left behind by the refused fits
+
+
+def test_a_caller_cannot_queue_heavy_jobs_behind_a_running_one(server, pictures, monkeypatch):
+    from gradio_client import handle_file
+
+    from xai import parts as parts_module
+
+    url, _ = server
+    started, release = threading.Event(), threading.Event()
+
+    def held_fit(self, *args, **kwargs):  # a fit that runs until the test lets it go
+        started.set()
+        release.wait(60)
+        raise parts_module.PartError("let go by the test")
+
+    monkeypatch.setattr(parts_module.Parts, "fit", held_fit)
+    job = _client(url).submit([handle_file(str(pictures[0]))], "held", api_name="/fit")
+    try:
+        assert started.wait(60)
+        for attempt in range(3):  # refused as they queue, from any session of the same caller, fit or training
+            with pytest.raises(Exception, match="already have a fit or training"):
+                if attempt < 2:
+                    _fit(_client(url), pictures[:1])
+                else:
+                    _client(url).predict("A" * 22, api_name="/train_classifier")
+    finally:
+        release.set()
+    with pytest.raises(Exception, match="let go by the test"):
+        job.result(timeout=60)

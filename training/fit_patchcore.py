@@ -213,6 +213,8 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
     real_scores = score_arrays(model, trunk, model_arrays(model, defects, "defects"))[0] if defects else None
     evidence = calibrate(np.asarray(good_scores), np.asarray(synthetic_scores),
                          None if real_scores is None else np.asarray(real_scores))
+    if plan.method == "copies":  # copies of a picture the bank holds are no unseen good pictures
+        evidence["false_alarm_rate_unseen"] = None
     masks = [mask for _, mask, _ in synthetic]
     evidence["synthetic"]["pointing_game"] = round(float(np.mean(
         [pointing_game(amap, mask) for amap, mask in zip(synthetic_maps, masks)])), 4)

@@ -10,6 +10,7 @@ how many are loaded at once: one asked for again is loaded from its folder.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -18,7 +19,8 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class CategoryLimits:
     max_pictures: int = 300  # good pictures in one fit
     max_defects: int = 30  # optional defective pictures in one fit
     max_fit_bytes: int = 200 * 1024 * 1024  # all files of one fit together (zip members counted uncompressed)
+    max_kept: int = 500  # categories kept in DEFECT_XAI_CATEGORY_DIR; further fits are refused until some are removed
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Category:
     created: float
     expires_at: float | None
     last_used: float = field(default=0.0)
+    pins: int = 0  # work in progress on it (training): it neither expires nor is evicted until that ends
 
     @property
     def bundle(self) -> Path:
@@ -89,6 +93,9 @@ class CategoryStore:
     # -- making ----------------------------------------------------------------------------------
     def new_folder(self) -> tuple[str, Path]:
         """A fresh unguessable id and its (empty) folder, with pictures/ made."""
+        if self.persistent and len(self.shared()) >= self.limits.max_kept:
+            raise CategoryGone(f"This server keeps at most {self.limits.max_kept} categories and has that many; "
+                               "ask its owner to remove some from DEFECT_XAI_CATEGORY_DIR.")
         cid = secrets.token_urlsafe(16)
         folder = self.root / cid
         (folder / PICTURES).mkdir(parents=True)
@@ -106,13 +113,11 @@ class CategoryStore:
                             None if self.persistent else now + self.limits.ttl_s, now)
         with self._lock:
             self._sweep(now)
-            mine = [c for c in self._held.values() if c.owner == owner]
+            mine = [c for c in self._held.values() if c.owner == owner and not c.pins]
             for old in mine[:max(0, len(mine) - self.limits.per_caller + 1)]:
                 self._drop(old.id, f"it was replaced: one caller may hold {self.limits.per_caller} categories "
                                    "at a time, and this was the least recently used of them")
-            while len(self._held) >= self.limits.capacity:
-                self._drop(next(iter(self._held)), f"the server holds {self.limits.capacity} categories at a time "
-                                                   "and this was the least recently used")
+            self._make_room()
             self._held[cid] = category
             self._names.pop(cid, None)
         return category
@@ -134,6 +139,25 @@ class CategoryStore:
             category.last_used = now
             self._held.move_to_end(cid)
             return category
+
+    @contextmanager
+    def pinned(self, cid: str) -> Iterator[Category]:
+        """The category, kept (no expiry, no eviction) for the duration of the block."""
+        with self._lock:
+            category = self.get(cid)
+            category.pins += 1
+        try:
+            yield category
+        finally:
+            with self._lock:
+                category.pins -= 1
+                self._sweep(self.clock())
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """No lookup sees the store while the block runs (a category's files being swapped)."""
+        with self._lock:
+            yield
 
     def __contains__(self, cid: object) -> bool:
         return isinstance(cid, str) and (cid in self._held or cid in self._names or cid in self._gone)
@@ -157,12 +181,16 @@ class CategoryStore:
         category = self.get(cid)
         target = _downloads() / f"{cid}.zip"
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(category.bundle.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(category.bundle).as_posix())
-        partial.replace(target)
+        handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")  # concurrent calls never share it
+        os.close(handle)
+        with self._lock:  # not while a training swaps the bundle's files
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+                for path in sorted(category.bundle.rglob("*")):
+                    if path.is_file():  # weights and index barely compress: stored, which is 10x faster
+                        stored = path.suffix in (".safetensors", ".faiss", ".jpg")
+                        archive.write(path, path.relative_to(category.bundle).as_posix(),
+                                      zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+        os.replace(partial, target)
         return str(target)
 
     def sweep(self) -> None:
@@ -171,16 +199,28 @@ class CategoryStore:
 
     # -- internals -------------------------------------------------------------------------------
     def _reload(self, cid: str, now: float) -> Category:
-        inspector = self.load(self.root / cid / BUNDLE)
+        try:
+            inspector = self.load(self.root / cid / BUNDLE)
+        except Exception as exc:  # a damaged folder: say so, for this id alone
+            raise CategoryGone(f"Category {cid} is kept here but could not be loaded ({type(exc).__name__}).") from None
         category = Category(cid, self._names[cid], "", self.root / cid, inspector, now, None, now)
-        while len(self._held) >= self.limits.capacity:
-            self._drop(next(iter(self._held)), "unloaded")
+        self._make_room()
         self._held[cid] = category
         del self._names[cid]
         return category
 
+    def _make_room(self) -> None:
+        """Drop the least recently used unpinned categories until one more fits under the cap."""
+        while len(self._held) >= self.limits.capacity:
+            victim = next((c for c in self._held.values() if not c.pins), None)
+            if victim is None:
+                return  # every one is busy: over the cap until they finish
+            self._drop(victim.id, f"the server holds {self.limits.capacity} categories at a time and this was the "
+                                  "least recently used")
+
     def _sweep(self, now: float) -> None:
-        for cid in [c.id for c in self._held.values() if c.expires_at is not None and c.expires_at <= now]:
+        for cid in [c.id for c in self._held.values()
+                    if c.expires_at is not None and c.expires_at <= now and not c.pins]:
             self._drop(cid, f"it expired ({self.limits.ttl_s / 60:.0f} minutes after it was made)")
 
     def _drop(self, cid: str, why: str) -> None:

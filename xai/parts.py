@@ -4,12 +4,13 @@ fitted and trained by the training package's own code (training.part), in a low-
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from xai.categories import BUNDLE, PICTURES, CategoryGone
+from xai.categories import BUNDLE, PICTURES
 from xai.uploads import gather
 
 LOG = logging.getLogger("defect_xai")
@@ -72,14 +73,16 @@ class Parts:
         cid, folder = self.store.new_folder()
         try:
             pictures = gather(files, folder / PICTURES, limits.max_pictures, limits.max_fit_bytes)
-            bad = gather(defects, folder / "defects", limits.max_defects, limits.max_fit_bytes,
-                         "defective pictures") if defects else []
+            left = limits.max_fit_bytes - sum(p.stat().st_size for p in pictures)  # one budget for all files
+            bad = gather(defects, folder / "defects", limits.max_defects, left, "defective pictures") if defects else []
             with run_errors(PartError):
                 card = run_low_priority(fit_part, pictures, folder / BUNDLE, name, self.trunk(), bad)
             category = self.store.add(cid, name, caller, self.load(folder / BUNDLE))
         except BaseException:
             self.store.discard(folder)
             raise
+        finally:
+            shutil.rmtree(folder / "defects", ignore_errors=True)  # used once, for the report card
         meta = category.inspector.bundle.meta["components"]["patchcore"]
         return {"category": cid, "name": name, "n_images": len(pictures), "n_defects": len(bad),
                 "threshold": round(float(meta["threshold"]), 6), "seconds": round(time.perf_counter() - start, 2),
@@ -92,7 +95,7 @@ class Parts:
     def train(self, cid, cancel: threading.Event | None = None) -> dict:
         """Train the CNN head of category `cid` on its pictures, then its explanation table: the new report card.
         `cancel` stops it between two steps (the category keeps what it had)."""
-        from training.cli import run_errors, stop_when
+        from training.cli import Cancelled, run_errors, stop_when
         from training.part import train_part
         from xai.lowpriority import run_low_priority
 
@@ -105,21 +108,23 @@ class Parts:
         if "classifier_cnn" in category.inspector.heads:
             raise PartError(f"Category {category.name} already has its classifier.")
         work = category.folder / "training"  # trained beside the bundle, swapped in only when complete
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(category.bundle, work)
         start = time.perf_counter()
-        try:
-            with stop_when(cancel or threading.Event()), run_errors(PartError):
-                card = run_low_priority(train_part, work, pictures, category.name, self.trunk())
-            if cid not in {c.id for c in self.store.held()}:
-                raise CategoryGone(f"Category {cid} went while its classifier trained (it expired or was replaced).")
-            shutil.rmtree(category.bundle)
-            work.rename(category.bundle)
-        finally:
+        with self.store.pinned(cid):  # neither expires nor is evicted while it trains (it may go right after)
             shutil.rmtree(work, ignore_errors=True)
-        category.inspector = self.load(category.bundle)
+            shutil.copytree(category.bundle, work)
+            try:
+                with stop_when(cancel or threading.Event()), run_errors(PartError):
+                    card = run_low_priority(train_part, work, pictures, category.name, self.trunk())
+                inspector = self.load(work)
+                with self.store.locked():
+                    shutil.rmtree(category.bundle)
+                    work.rename(category.bundle)
+                    inspector.bundle.path = category.bundle
+                    category.inspector = inspector
+            except Cancelled:
+                raise PartError("Training cancelled; the category keeps what it had.") from None
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         return {"category": cid, "name": category.name, "seconds": round(time.perf_counter() - start, 2),
                 "methods": category.inspector.methods(), "report": card}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 from xai.io import MAX_BYTES
@@ -34,49 +35,71 @@ def _is_picture_member(info: zipfile.ZipInfo) -> bool:
 
 def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str = "good pictures") -> list[Path]:
     """Copy the pictures of `files` (paths; zips are expanded) into `dest`; UploadError past a cap or for a zip
-    that cannot be read. Returns the copies in the order given."""
+    that cannot be read. Returns the copies in the order given. Every zip entry counts toward a cap on entries
+    (pictures or not), and each zip is opened once, so a zip of a million empty entries costs one refusal."""
     if isinstance(files, (str, Path)):
         files = [files]
     if not isinstance(files, (list, tuple)) or not all(isinstance(f, (str, Path)) for f in files):
         raise UploadError(f"Send the {what} as a list of files.")
-    entries: list[tuple[str, Path, zipfile.ZipInfo | None]] = []  # (name, file, member)
-    total = 0
-    for file in files:
-        path = Path(file)
+    if len(files) > max_pictures:
+        raise UploadError(f"Too many {what}: at most {max_pictures} in one fit.")
+    paths = list(dict.fromkeys(Path(f) for f in files))  # the same file listed twice counts once
+    plan: list[tuple[Path, list[zipfile.ZipInfo] | None]] = []
+    total = n_pictures = n_entries = 0
+    for path in paths:
         if not path.is_file():
-            raise UploadError(f"{path.name} was not received.")
+            raise UploadError(f"{_clean(path.name)} was not received.")
         if zipfile.is_zipfile(path):
             try:
                 with zipfile.ZipFile(path) as archive:
-                    members = [m for m in archive.infolist() if _is_picture_member(m)]
-            except (zipfile.BadZipFile, OSError, ValueError) as exc:
-                raise UploadError(f"{path.name} is not a readable zip file ({exc}).") from None
+                    infos = archive.infolist()
+            except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, NotImplementedError):
+                raise UploadError(f"{_clean(path.name)} is not a readable zip file.") from None
+            n_entries += len(infos)
+            if n_entries > max_entries(max_pictures):
+                raise UploadError(f"The zip files hold more than {max_entries(max_pictures)} entries; send only "
+                                  f"the pictures (at most {max_pictures}).")
+            members = [m for m in infos if _is_picture_member(m)]
             for member in members:
                 if member.file_size > MAX_BYTES:
-                    raise UploadError(f"{path.name}: {_clean(member.filename)} is larger than "
+                    raise UploadError(f"{_clean(path.name)}: {_clean(member.filename)} is larger than "
                                       f"{MAX_BYTES // 2**20} MB.")
-                total += member.file_size
-                entries.append((member.filename, path, member))
+            total += sum(m.file_size for m in members)
+            n_pictures += len(members)
+            plan.append((path, members))
         else:
             total += path.stat().st_size
-            entries.append((path.name, path, None))
-        if len(entries) > max_pictures:
+            n_pictures += 1
+            plan.append((path, None))
+        if n_pictures > max_pictures:
             raise UploadError(f"Too many {what}: at most {max_pictures} in one fit.")
         if total > max_bytes:
             raise UploadError(f"The {what} add up to more than {max_bytes // 2**20} MB; send fewer or smaller ones.")
-    if not entries:
+    if not n_pictures:
         raise UploadError(f"No {what} were found (send image files, or a zip of .png/.jpg files).")
     dest.mkdir(parents=True, exist_ok=True)
-    copies = []
-    for i, (name, path, member) in enumerate(entries):
-        target = dest / f"{i:03d}_{_clean(name)}"
-        if member is None:
-            shutil.copyfile(path, target)
-        else:
-            try:
-                with zipfile.ZipFile(path) as archive, archive.open(member) as src, open(target, "wb") as out:
-                    out.write(src.read(member.file_size + 1)[:MAX_BYTES + 1])  # the declared size bounds the read
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-                raise UploadError(f"{path.name}: {_clean(name)} could not be unpacked ({exc}).") from None
-        copies.append(target)
+    copies: list[Path] = []
+
+    def target(name: str) -> Path:
+        copies.append(dest / f"{len(copies):03d}_{_clean(name)}")
+        return copies[-1]
+
+    for path, members in plan:
+        if members is None:
+            shutil.copyfile(path, target(path.name))
+            continue
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for member in members:
+                    with archive.open(member) as src, open(target(member.filename), "wb") as out:
+                        out.write(src.read(member.file_size + 1)[:MAX_BYTES + 1])  # the declared size bounds it
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zlib.error):
+            # encrypted members, unknown compression, corrupt data: one message, no server paths
+            raise UploadError(f"{_clean(path.name)}: a picture in it could not be unpacked (encrypted, corrupt or "
+                              "an unusual compression).") from None
     return copies
+
+
+def max_entries(max_pictures: int) -> int:
+    """Entries (of any kind) all zips of one fit may hold together."""
+    return 4 * max_pictures + 100

@@ -71,6 +71,7 @@ class Limits:
     fit_per_caller: int = 1  # fits (and classifier trainings) one caller may have queued or running ...
     fit_burst: int = 4  # ... and may start at once ...
     fit_every_s: float = 60.0  # ... then one every this many seconds
+    fit_queue: int = 8  # fits and trainings waiting in all (one runs at a time); more are refused as they queue
 
 
 def demo_cache_folder() -> str:
@@ -100,6 +101,9 @@ class CallerLimit:
         self.per_caller = per_caller
         self._running: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def running(self, key: str) -> int:
+        return self._running.get(key, 0)
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:

@@ -79,12 +79,13 @@ class ExplainContext:
         model-randomisation check (Adebayo et al. 2018). PyTorch's generic reset_parameters is not used: its
         init shrinks the signal through the head's deep stack, and then GradCAM++'s epsilon, not the weights,
         shapes the map."""
-        torch.manual_seed(seed)
         heads = {}
-        for name, head in self.heads.items():
-            clone = copy.deepcopy(head)
-            clone.reinitialise()
-            heads[name] = clone.eval()
+        with torch.random.fork_rng(devices=[]):  # seeded, and the process's generator is left as it was
+            torch.manual_seed(seed)
+            for name, head in self.heads.items():
+                clone = copy.deepcopy(head)
+                clone.reinitialise()
+                heads[name] = clone.eval()
         patchcore = self.patchcore
         if patchcore is not None:
             patchcore = copy.deepcopy(patchcore)
