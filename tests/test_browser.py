@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,16 +27,13 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
-
+@contextmanager
+def served(bundle) -> Iterator[tuple[str, Path]]:
+    """The app over `bundle` on a free port: (its URL, the screenshot folder); closed afterwards."""
     from app import build_app
     from xai.service import Catalogue
 
-    rng = np.random.default_rng(8)
-    part = tmp_path / "part.png"
-    Image.fromarray(add_defect(texture(rng), rng, "blob")[0]).save(part)
-    demo = build_app(Catalogue.from_sources(str(classifier_bundle)))
+    demo = build_app(Catalogue.from_sources(str(bundle)))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -41,10 +41,26 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
     shots = ROOT / "out" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     try:
+        yield f"http://127.0.0.1:{port}", shots
+    finally:
+        demo.close()
+
+
+def blob_part(path: Path, rng: np.random.Generator) -> Path:
+    """A generated defective part (a blob on the woven texture) saved at `path`."""
+    Image.fromarray(add_defect(texture(rng), rng, "blob")[0]).save(path)
+    return path
+
+
+def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    part = blob_part(tmp_path / "part.png", np.random.default_rng(8))
+    with served(classifier_bundle) as (url, shots):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # heartbeat: never idle
+            page.goto(f"{url}/", wait_until="load")  # heartbeat: never idle
             page.locator("input[type=file]").first.set_input_files(str(part))
             page.get_by_role("button", name="Inspect", exact=True).click()
             expect(page.get_by_text("DEFECT: blob")).to_be_visible(timeout=60_000)  # the verdict headline first
@@ -57,7 +73,7 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
 
             # phone width: nothing wider than the screen, and the same flow works
             phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-            phone.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # heartbeat: never idle
+            phone.goto(f"{url}/", wait_until="load")  # heartbeat: never idle
             assert phone.evaluate("document.documentElement.scrollWidth") <= 390
             phone.locator("input[type=file]").first.set_input_files(str(part))
             phone.get_by_role("button", name="Inspect", exact=True).click()
@@ -67,7 +83,7 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
 
             # embedded in another page as an iframe
             host = browser.new_page(viewport={"width": 1000, "height": 900})
-            host.set_content(f'<h1>Line 3 inspection</h1><iframe src="http://127.0.0.1:{port}/" '
+            host.set_content(f'<h1>Line 3 inspection</h1><iframe src="{url}/" '
                              'width="960" height="800" style="border:0"></iframe>')
             frame = host.frame_locator("iframe")
             frame.locator("input[type=file]").first.set_input_files(str(part))
@@ -75,8 +91,6 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
             expect(frame.get_by_text("DEFECT: blob")).to_be_visible(timeout=60_000)
             host.screenshot(path=str(shots / "app-iframe.png"))
             browser.close()
-    finally:
-        demo.close()
     assert (shots / "app.png").stat().st_size > 10_000
 
 
@@ -88,29 +102,19 @@ def test_add_a_category_inspect_it_and_download_it(classifier_bundle, tmp_path):
     import httpx
     from playwright.sync_api import expect, sync_playwright
 
-    from app import build_app
     from xai.bundle import load
-    from xai.service import Catalogue
 
     rng = np.random.default_rng(21)
     good = []
     for i in range(4):
         good.append(tmp_path / f"good_{i}.png")
         Image.fromarray(texture(rng)).save(good[-1])
-    part = tmp_path / "scratched.png"
-    Image.fromarray(add_defect(texture(rng), rng, "blob")[0]).save(part)
-    demo = build_app(Catalogue.from_sources(str(classifier_bundle)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    shots = ROOT / "out" / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    try:
+    part = blob_part(tmp_path / "scratched.png", rng)
+    with served(classifier_bundle) as (url, shots):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")  # heartbeat: never idle
+            page.goto(f"{url}/", wait_until="load")  # heartbeat: never idle
             page.get_by_text("Add your part", exact=False).first.click()
             page.get_by_label("Name of the part").fill("woven strap")
             page.locator("input[type=file]").nth(1).set_input_files([str(p) for p in good])
@@ -126,13 +130,10 @@ def test_add_a_category_inspect_it_and_download_it(classifier_bundle, tmp_path):
             page.screenshot(path=str(shots / "app-new-part.png"), full_page=True)
             href = link.get_attribute("href")
             browser.close()
-        url = href if href.startswith("http") else f"http://127.0.0.1:{port}{href}"
         archive = tmp_path / "download.zip"
-        archive.write_bytes(httpx.get(url).content)
+        archive.write_bytes(httpx.get(href if href.startswith("http") else f"{url}{href}").content)
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp_path / "unzipped")
         bundle = load(tmp_path / "unzipped")
         assert bundle.category == "woven strap" and bundle.components() == ["patchcore"]
         assert (tmp_path / "unzipped" / "README.md").is_file()
-    finally:
-        demo.close()
