@@ -208,11 +208,13 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
         return "Stopping at the next step ..."
 
     @guarded(EXPECTED)
-    def page_download(category):
+    def page_download(category, request: gr.Request = None):
+        explain_rate.take(client_key(request))  # a zip of the bundle is a few seconds' work: not on a loop
         return catalogue.made.archive(_own_id(category))
 
     @guarded(EXPECTED)
-    def page_publish(category, repo, token: gr.OAuthToken | None):
+    def page_publish(category, repo, token: gr.OAuthToken | None, request: gr.Request = None):
+        explain_rate.take(client_key(request))
         return parts.publish(_own_id(category), repo, None if token is None else token.token)
 
     def _own_id(category) -> str:
@@ -286,8 +288,9 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
                     with gr.Row():
                         train_btn = gr.Button("Train the explainable classifier")
                         cancel_btn = gr.Button("Cancel training", variant="stop")
-                    train_text = gr.Markdown("Training adds the CNN head (GradCAM, saliency ... need it); the time "
-                                             "it should take is in the fit's report (`train_estimate_s`).")
+                    train_text = gr.Markdown("Training adds the CNN head that GradCAM, saliency and the other "
+                                             "gradient methods explain; the report above says how long it should "
+                                             "take.")
                     with gr.Row():
                         download_btn = gr.Button("Download the category (bundle zip)")
                         bundle_file = gr.File(label="Bundle", interactive=False)

@@ -109,7 +109,7 @@ def server(classifier_bundle):
     from xai.web import Limits
 
     catalogue = Catalogue.from_sources(str(classifier_bundle))
-    catalogue.made = CategoryStore(CategoryLimits(ttl_s=30, capacity=2, per_caller=5, max_pictures=4,
+    catalogue.made = CategoryStore(CategoryLimits(ttl_s=300, capacity=2, per_caller=5, max_pictures=4,
                                                   max_fit_bytes=3_000_000))
     demo = build_app(catalogue, limits=Limits(fit_burst=50, fit_every_s=0.01))
     port = free_port()
@@ -154,7 +154,7 @@ def test_a_category_is_its_makers_until_it_goes(server, pictures, part):
         other.predict(handle_file(str(part)), cid, api_name="/detect")
     assert len(catalogue.made.held()) == 2 and len(list(catalogue.made.root.iterdir())) == 2
     # expiry: the clock moves past the time to live
-    catalogue.made.clock = lambda: time.time() + 31
+    catalogue.made.clock = lambda: time.time() + 301
     try:
         with pytest.raises(Exception, match="expired"):
             maker.predict(handle_file(str(part)), later[-1], api_name="/detect")
@@ -205,3 +205,20 @@ def test_a_caller_cannot_queue_heavy_jobs_behind_a_running_one(server, pictures,
         release.set()
     with pytest.raises(Exception, match="let go by the test"):
         job.result(timeout=60)
+
+
+def test_training_through_the_api_enables_the_gradient_explainers(server, pictures, part):
+    from gradio_client import handle_file
+
+    url, catalogue = server
+    client = _client(url)
+    made = _fit(client, pictures[:3], "strap")
+    assert made["train_estimate_s"] > 0
+    with pytest.raises(Exception, match="cannot run 'gradcam'"):
+        client.predict(handle_file(str(part)), made["category"], "gradcam", api_name="/explain")
+    trained = client.predict(made["category"], api_name="/train_classifier")
+    assert "gradcam" in trained["methods"] and trained["report"]["explanations"]["controls"]["edge_control"]
+    _, explanation = client.predict(handle_file(str(part)), made["category"], "gradcam", api_name="/explain")
+    assert explanation["method"] == "gradcam"
+    with pytest.raises(Exception, match="already has its classifier"):
+        client.predict(made["category"], api_name="/train_classifier")

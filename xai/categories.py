@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -78,6 +79,8 @@ class CategoryStore:
         self.persistent = folder is not None
         self.root = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="defect-xai-categories-"))
         self.root.mkdir(parents=True, exist_ok=True)
+        if not self.persistent:  # the scratch folder goes with the store (and the process), not left for the next
+            weakref.finalize(self, shutil.rmtree, str(self.root), True)
         self.load = load  # bundle folder -> inspector, to load a kept category again
         self.clock = clock
         self._held: OrderedDict[str, Category] = OrderedDict()  # least recently used first

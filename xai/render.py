@@ -124,4 +124,7 @@ def part_card_markdown(fitted: dict) -> str:
     if card.get("warning"):
         lines += ["", f"**Caution:** {card['warning']}"]
     lines += ["", "Synthetic anomalies are easier than most real defects: treat their figures as an upper bound."]
+    if fitted.get("train_estimate_s"):
+        lines.append(f"Training the explainable classifier on these pictures should take about "
+                     f"{fitted['train_estimate_s']:.0f} s.")
     return "\n".join(lines)
