@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gradio as gr
 
@@ -111,24 +113,28 @@ def build_app(catalogue: Catalogue, outputs: OutputFolder | None = None, limits:
         """Categories with provenance and metrics, explanation methods, versions."""
         return catalogue.info()
 
-    def fit_as(images, name, request, defects=None) -> dict:
+    @contextmanager
+    def heavy(request) -> Iterator[str]:
+        """A fit or training of this caller: within their rate, one at a time (the caller's key inside)."""
         caller = client_key(request)
         fit_rate.take(caller)
         with fit_limit.hold(caller):
+            yield caller
+
+    def fit_as(images, name, request, defects=None) -> dict:
+        with heavy(request) as caller:
             return parts.fit(_paths(images), name, caller, _paths(defects) if defects else None)
 
     def train_as(category, request) -> dict:
-        caller = client_key(request)
-        fit_rate.take(caller)
-        if not isinstance(category, str) or category in stops:
-            raise ServiceError("That category's classifier is already training." if isinstance(category, str)
-                               else "The category must be the id that /fit returned.")
-        stops[category] = threading.Event()
-        try:
-            with fit_limit.hold(caller):
+        with heavy(request):
+            if not isinstance(category, str) or category in stops:
+                raise ServiceError("That category's classifier is already training." if isinstance(category, str)
+                                   else "The category must be the id that /fit returned.")
+            stops[category] = threading.Event()
+            try:
                 return parts.train(category, stops[category])
-        finally:
-            stops.pop(category, None)
+            finally:
+                stops.pop(category, None)
 
     def admission(n_inputs: int, request: gr.Request | None):
         """Runs as a fit or training is queued (Gradio's validator), so the queue itself stays bounded: one caller

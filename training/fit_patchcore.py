@@ -184,6 +184,12 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
     def embedding(array: np.ndarray) -> torch.Tensor:
         return model.embed_image(trunk, normalise(array[None], spec.mean, spec.std))
 
+    def embedded_picture(i: int, patches: np.ndarray) -> torch.Tensor:
+        """Picture i's patch embedding [1, D, h, w], from the features computed once above (no second forward)."""
+        rows = embedded.sources[:, 0] == i
+        h, w = (int(embedded.sources[rows, axis].max()) + 1 for axis in (1, 2))
+        return torch.from_numpy(patches[rows]).view(1, h, w, -1).permute(0, 3, 1, 2)
+
     good_distances, synthetic, synthetic_distances = [], [], []
     with torch.no_grad():
         for k, fold in enumerate(plan.folds):
@@ -192,11 +198,12 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
                 scorer = PatchCore(config, model.layer_scales)
                 keep = ~np.isin(embedded.sources[:, 0], fold)
                 _bank(scorer, patches[keep], embedded.sources[keep], f"fold {k + 1}/{len(plan.folds)}")
-            pictures = [embedded.arrays[i] for i in fold]
+            pictures = [(embedded.arrays[i], embedded_picture(i, patches)) for i in fold]
             if plan.method == "copies":
-                pictures = [nuisance_copy(pictures[0], rng) for _ in range(NUISANCE_COPIES)]
-            for array in progress(pictures, "calibration"):
-                good_distances.append(scorer.nearest_distances(embedding(array)))
+                copies = [nuisance_copy(pictures[0][0], rng) for _ in range(NUISANCE_COPIES)]
+                pictures = [(copy, embedding(copy)) for copy in copies]
+            for array, picture in progress(pictures, "calibration"):
+                good_distances.append(scorer.nearest_distances(picture))
                 for _ in range(SYNTHETIC_PER_IMAGE):
                     made = synthesize(array, rng)
                     synthetic.append(made)

@@ -71,12 +71,12 @@ def report(meta: dict) -> dict:
     return card
 
 
-def training_estimate_s(n_pictures: int, features_s: float, n_fitted: int, epochs: int = TRAIN_EPOCHS) -> float:
-    """Seconds training the head on `n_pictures` should take, from this machine's own pace at the fit (features_s
-    for n_fitted pictures): 8 views a picture plus 4 for validation through the trunk, then `epochs` passes of
-    the head (measured: about as long as the features once more for 6 epochs), then the explanation table."""
-    per_picture = features_s / max(1, n_fitted)
-    return round(per_picture * n_pictures * 12 * (1 + epochs / 6) + 10 + 2 * EXPLAIN_CASES, 0)
+def training_estimate_s(features_s: float, epochs: int = TRAIN_EPOCHS) -> float:
+    """Seconds training the head on a category's pictures should take, from this machine's own pace at its fit
+    (`features_s`, the trunk pass over the same pictures): 8 views a picture plus 4 for validation through the
+    trunk, then `epochs` passes of the head (measured: about as long as the features once more for 6 epochs),
+    then the explanation table."""
+    return round(features_s * 12 * (1 + epochs / 6) + 10 + 2 * EXPLAIN_CASES, 0)
 
 
 def train_part(bundle: Path, pictures: list[Path], name: str, trunk, epochs: int = TRAIN_EPOCHS) -> dict:

@@ -15,6 +15,7 @@ from xai.uploads import gather
 
 LOG = logging.getLogger("defect_xai")
 MAX_NAME = 60
+TRUNK = "efficientnet_lite0"  # the trunk new categories are fitted on (PatchCoreConfig's default)
 
 
 class PartError(ValueError):
@@ -50,9 +51,7 @@ class Parts:
 
         with self._lock:
             if self._trunk is None:
-                shared = [ins.trunk for ins in self.catalogue.inspectors.values()
-                          if ins.trunk.name == "efficientnet_lite0"]
-                self._trunk = shared[0] if shared else create_trunk("efficientnet_lite0")
+                self._trunk = self.catalogue.loaded_trunk(TRUNK) or create_trunk(TRUNK)
             return self._trunk
 
     def load(self, bundle: Path):
@@ -87,10 +86,7 @@ class Parts:
         return {"category": cid, "name": name, "n_images": len(pictures), "n_defects": len(bad),
                 "threshold": round(float(meta["threshold"]), 6), "seconds": round(time.perf_counter() - start, 2),
                 "report": card, "expires_at": _iso(category.expires_at),
-                "train_estimate_s": training_estimate_s(len(pictures), meta["fit"]["features_s"],
-                                                        meta["fit"]["n_images"] + meta["calibration"]["n_images"]
-                                                        if meta["calibration"]["method"] == "held_out"
-                                                        else meta["fit"]["n_images"])}
+                "train_estimate_s": training_estimate_s(meta["fit"]["features_s"])}
 
     def train(self, cid, cancel: threading.Event | None = None) -> dict:
         """Train the CNN head of category `cid` on its pictures, then its explanation table: the new report card.

@@ -83,14 +83,17 @@ class Catalogue:
         """Load one source (at start, or while the app serves: a category built in the background) and return its
         name. It shares the trunk of a loaded category built on the same one (one trunk in memory per name). The
         dict is replaced, not changed, so a request iterating the old one is never disturbed."""
-        trunks = {ins.trunk.name: ins.trunk for ins in self.inspectors.values()}
         bundle = load(source)
-        inspector = Inspector(bundle, trunks.get(bundle.trunk_name))
+        inspector = Inspector(bundle, self.loaded_trunk(bundle.trunk_name))
         name = name or bundle.category
         if name in self.inspectors:
             name = f"{name} ({source})"
         self.inspectors = {**self.inspectors, name: inspector}
         return name
+
+    def loaded_trunk(self, name: str):
+        """The trunk called `name` that a loaded category already holds (one in memory per name), or None."""
+        return next((ins.trunk for ins in self.inspectors.values() if ins.trunk.name == name), None)
 
     @property
     def categories(self) -> list[str]:
