@@ -168,3 +168,52 @@ def test_new_commands_fail_in_one_line(texture_data, tmp_path, capsys):
     err = one_line_error(benchmark_detector.main, ["--data", str(tmp_path / "nowhere"), "--json",
                                                    str(tmp_path / "b.json")], capsys)
     assert "nowhere" in err
+
+
+def test_evaluate_breaks_the_figures_down_by_defect_type(texture_bundle, tmp_path):
+    """Two named defect types, one visible (a dark blob) and one that changes nothing (its 'defect' pictures are
+    good textures with a mask drawn on them): the breakdown keeps them apart instead of averaging them."""
+    from PIL import Image
+
+    from synthetic import add_defect, texture
+
+    rng = np.random.default_rng(21)
+    root = tmp_path / "typed"
+    for folder in ("train/good", "test/good", "test/blob", "test/invisible", "ground_truth/blob",
+                   "ground_truth/invisible"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(texture(rng)).save(root / "train" / "good" / "000.png")
+    for i in range(4):
+        Image.fromarray(texture(rng)).save(root / "test" / "good" / f"{i:03d}.png")
+    for kind in ("blob", "invisible"):
+        for i in range(3):
+            clean = texture(rng)
+            image, mask = add_defect(clean, rng, "blob")
+            Image.fromarray(image if kind == "blob" else clean).save(root / "test" / kind / f"{i:03d}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ground_truth" / kind / f"{i:03d}_mask.png")
+    out = tmp_path / "eval.json"
+    assert run(evaluate.main, ["--data", str(root), "--bundle", str(texture_bundle), "--json", str(out),
+                               "--no-store"]) == 0
+    types = json.loads(out.read_text())["patchcore"]["per_type"]
+    assert set(types) == {"blob", "invisible"} and types["blob"]["n"] == types["invisible"]["n"] == 3
+    assert types["blob"]["image_auroc"] == 1.0 and types["blob"]["pointing_game"] == 1.0
+    assert types["invisible"]["image_auroc"] < types["blob"]["image_auroc"]
+    assert types["blob"]["pixel_auroc"] > 0.95 > types["invisible"]["pixel_auroc"]
+
+
+def test_benchmark_detector_set_overrides_one_default_for_every_set(texture_data, tmp_path, capsys):
+    """`--set FIELD=VALUE` is what measures one default's cost: the fitted bundle carries the override, the rows
+    carry the per-type breakdown, and a field that does not exist is one clear line."""
+    from training import benchmark_detector
+
+    out = tmp_path / "bench.json"
+    assert run(benchmark_detector.main, ["--data", str(texture_data), "--json", str(out), "--out",
+                                         str(tmp_path / "b"), "--set", "short_side=224", "--set", "layers=2,4"]) == 0
+    config = json.loads((tmp_path / "b" / "weave" / "bundle.json").read_text())["components"]["patchcore"]["config"]
+    assert config["short_side"] == 224 and config["layers"] == [2, 4]
+    row = json.loads(out.read_text())["datasets"]["weave"]
+    assert set(row["per_type"]) == {"scratch", "blob"} and row["per_type"]["blob"]["n"] == 2
+    assert "| weave | blob | 2 |" in capsys.readouterr().out
+    err = one_line_error(benchmark_detector.main, ["--data", str(texture_data), "--json", str(out),
+                                                   "--set", "resolution=2"], capsys)
+    assert "--set takes FIELD=VALUE" in err and "short_side" in err

@@ -38,7 +38,9 @@ def test_every_method_is_available_and_registered(inspector):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_returns_a_finite_input_sized_map(inspector, defect_image, method):
     exp = inspector.explain(defect_image, method, **FAST.get(method, {}))
-    assert exp.method == method and exp.heatmap.shape == (224, 224) and exp.heatmap.dtype == np.float32
+    # the model input of the method's component: the detector's view (320 px) or the heads' square (224 px)
+    side = inspector.patchcore.config.short_side if METHODS[method].component == "patchcore" else inspector.input_size
+    assert exp.method == method and exp.heatmap.shape == (side, side) and exp.heatmap.dtype == np.float32
     assert np.isfinite(exp.heatmap).all() and np.ptp(exp.heatmap) > 0
     assert exp.ms > 0 and "component" in exp.parameters
     if METHODS[method].component != "patchcore":

@@ -47,7 +47,7 @@ def test_anomaly_map_maximum_falls_on_the_defect(inspector, kind):
 
 def test_map_is_finite_input_sized_and_timed(inspector):
     result = inspector.detect(texture(np.random.default_rng(1)))
-    assert result.anomaly_map.shape == (224, 224) and result.anomaly_map.dtype == np.float32
+    assert result.anomaly_map.shape == (320, 320) and result.anomaly_map.dtype == np.float32  # the detector's view
     assert np.isfinite(result.anomaly_map).all()
     assert result.score == pytest.approx(float(result.anomaly_map.max()))
     assert set(result.timings_ms) >= {"decode", "trunk", "features", "knn", "map", "total"}
@@ -172,3 +172,78 @@ def test_approximate_index_recalls_exact_search_on_a_generated_bank():
     recall = np.mean(np.sqrt(np.maximum(approx[:, 0], 0)) <= np.sqrt(np.maximum(exact[:, 0], 0)) + 1e-4)
     assert recall >= 0.99, recall
     assert (approx[:, 0] >= exact[:, 0] - 1e-3).all()  # an approximate neighbour is never nearer than the true one
+
+
+def _peak_on(amap: np.ndarray, mask: np.ndarray, tolerance: int = 8) -> bool:
+    """Whether the map's maximum lies on `mask` (resized to the map, dilated by the pointing game's 8 px)."""
+    from scipy.ndimage import binary_dilation
+
+    h, w = amap.shape
+    small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR)) > 0
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    return bool(binary_dilation(small, iterations=tolerance)[peak])
+
+
+def thin_line(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A crack one pixel wide at the picture's own resolution: a long, slightly bright diagonal line."""
+    h, w = image.shape[:2]
+    out, mask = image.copy(), np.zeros((h, w), dtype=bool)
+    x0, y0 = rng.integers(w // 4, w // 2), rng.integers(h // 4, h // 2)
+    for t in range(w // 3):
+        y, x = y0 + t // 2, x0 + t
+        out[y, x] = (205, 195, 170)
+        mask[y, x] = True
+    return out, mask
+
+
+def faint_blotch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A large, faint, soft-edged stain: a quarter of the picture's side across, a few grey levels darker."""
+    h, w = image.shape[:2]
+    cy, cx = rng.integers(h // 3, 2 * h // 3), rng.integers(w // 3, 2 * w // 3)
+    r = min(h, w) // 6
+    yy, xx = np.mgrid[0:h, 0:w]
+    weight = np.clip(1.5 - np.hypot(yy - cy, xx - cx) / r, 0, 1)  # flat inside r/2, fading out to 1.5 r
+    out = np.clip(image.astype(np.float32) - 28 * weight[..., None], 0, 255).astype(np.uint8)
+    return out, weight > 0.5
+
+
+FAINT_AREAS_MISSED = pytest.mark.xfail(strict=True, reason=(
+    "issue #16, open: a large faint stain (28 grey levels over a sixth of the picture) scores no higher than good "
+    "pictures, at the 224 px view as at 320; neither a second coarser view nor the stride-32 stage changed that"))
+
+
+@pytest.mark.parametrize("make", [thin_line, pytest.param(faint_blotch, marks=FAINT_AREAS_MISSED)],
+                         ids=["one-pixel line", "large faint blotch"])
+def test_defects_of_every_size_peak_on_the_defect(inspector, make):
+    """The two ends of the defect-size range: a crack one pixel wide and a faint stain larger than a patch's view.
+    Each is found (above every good picture's score) and the map's maximum lies on it. The stain is not yet: the
+    strict xfail records it, and turns into a failure the day it is found, so the mark comes off then."""
+    rng = np.random.default_rng(11)
+    good = max(inspector.detect(texture(rng)).score for _ in range(4))
+    for _ in range(3):
+        image, mask = make(texture(rng), rng)
+        result = inspector.detect(image)
+        assert _peak_on(result.anomaly_map, mask), make.__name__
+        assert result.score > good, (make.__name__, result.score, good)
+
+
+def test_the_random_bank_baseline_covers_worse_than_the_coreset_at_equal_size():
+    """The bank samplers the benchmark compares: both keep the same number of distinct training patches, and the
+    greedy coreset covers the training set more tightly (smaller largest distance) than a random sample."""
+    from xai.coreset import coverage_radius
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 16)).astype(np.float32) * 4
+    patches = np.concatenate([centres[rng.integers(0, 40, 3000)] + rng.normal(size=(3000, 16)),
+                              rng.normal(size=(30, 16)) * 12]).astype(np.float32)  # a few rare patches
+    sources = np.zeros((len(patches), 3), dtype=np.int64)
+    radius = {}
+    for sampler in ("coreset", "random"):
+        model = PatchCore(PatchCoreConfig(coreset_ratio=0.05, sampler=sampler))
+        facts = model.build_memory_bank(patches, sources)
+        bank = model.memory_bank.numpy()
+        assert facts["bank_size"] == 152 and len(np.unique(bank, axis=0)) == 152
+        radius[sampler] = coverage_radius(patches, bank)
+    assert radius["coreset"] < 0.7 * radius["random"], radius
+    with pytest.raises(ValueError, match="unknown bank sampler"):
+        PatchCore(PatchCoreConfig(sampler="every")).build_memory_bank(patches, sources)

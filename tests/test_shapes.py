@@ -38,12 +38,14 @@ def on_defect(amap: np.ndarray, mask: np.ndarray, tolerance: int = 8) -> bool:
 
 def test_input_shape_keeps_the_aspect_and_grows_with_the_area():
     pc = PatchCore(PatchCoreConfig())
-    assert pc.input_shape(900, 900) == (224, 224)
-    h, w = pc.input_shape(500, 1250)  # a tall commutator-like picture: shorter side 224, not squashed
-    assert w == 224 and abs(h / w - 2.5) < TRUNK_STRIDE / w and h % TRUNK_STRIDE == 0
+    side = pc.config.short_side
+    assert side == 320 and pc.input_shape(900, 900) == (side, side)
+    h, w = pc.input_shape(500, 1250)  # a tall commutator-like picture: shorter side 320, not squashed
+    assert w == side and abs(h / w - 2.5) < TRUNK_STRIDE / w and h % TRUNK_STRIDE == 0
     h2, w2 = pc.input_shape(1250, 500)
     assert (h2, w2) == (w, h)
-    assert pc.input_shape(110, 380)[1] == 224  # small pictures come up to the input size
+    assert pc.input_shape(110, 300)[1] == side  # small pictures come up to the detector's view
+    assert PatchCore(PatchCoreConfig(short_side=224)).input_shape(500, 1250)[1] == 224
     assert max(pc.input_shape(100, 10_000)) <= PatchCoreConfig().max_side  # the long side is capped
     assert PatchCore(PatchCoreConfig(keep_aspect=False)).input_shape(500, 1250) == (224, 224)
 
@@ -61,7 +63,7 @@ def test_non_square_part_gets_a_map_of_its_shape_with_the_peak_on_the_defect(wid
         image, mask = add_defect(texture(rng, *WIDE), rng, kind, centre=(int(end * WIDE[1]), WIDE[0] // 2))
         result = inspector.detect(image)
         h, w = result.anomaly_map.shape
-        assert (h, w) == inspector.patchcore.input_shape(WIDE[1], WIDE[0]) == (224, 672)
+        assert (h, w) == inspector.patchcore.input_shape(WIDE[1], WIDE[0]) == (320, 960)
         assert result.image_size == (WIDE[1], WIDE[0])
         assert on_defect(result.anomaly_map, mask), f"{kind}: peak off the defect"
         assert result.is_defect
@@ -132,6 +134,8 @@ def test_heads_share_the_trunk_forward_only_for_a_square_picture(classifier_bund
     from xai.heads import HEAD_INPUT_STAGE
 
     inspector = Inspector(load(classifier_bundle), trunk)
+    assert "head_trunk" in inspector.detect(texture(np.random.default_rng(1))).timings_ms  # detector sees 320 px
+    inspector.patchcore.config.short_side = inspector.input_size  # a detector whose view is the heads' input
     square = inspector.detect(texture(np.random.default_rng(1)))
     assert "head_trunk" not in square.timings_ms
     wide_picture = texture(np.random.default_rng(2), *WIDE)

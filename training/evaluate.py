@@ -4,7 +4,8 @@
 
 Every component: image AUROC, F1 and accuracy at its stored threshold, ms per image (median over
 single-image detect calls: decoding, trunk and that component). PatchCore, where the test set has masks,
-adds pixel AUROC and AUPRO (FPR limit 0.3) at the model's input resolution; multi-class heads add macro F1.
+adds pixel AUROC, AUPRO (FPR limit 0.3) and the pointing game at the model's input resolution, and a breakdown
+per defect type (`per_type`: each type's pictures against all good ones); multi-class heads add macro F1.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from training.cli import progress, run
 from training.data import LAYOUTS, DataError, Dataset, load_dataset
 from xai.bundle import read_meta, save_examples, write_meta
 from xai.inspector import Inspector
-from xai.metrics import aupro, auroc, binary_report, f1_max
+from xai.metrics import aupro, auroc, binary_report, f1_max, pointing_game
 
 
 def load_mask(path: Path | None, shape: int | tuple[int, int]) -> np.ndarray:
@@ -79,13 +80,47 @@ def evaluate_patchcore(inspector: Inspector, dataset: Dataset, results: list) ->
     report["f1_max"] = f1_max(labels, scores)
     report["ms_per_image"] = _ms(results, PATCHCORE_PARTS)
     report["threshold"] = inspector.thresholds["patchcore"]
+    masks = None
     if any(s.mask is not None for s in dataset.test):
         masks = [load_mask(s.mask if s.is_defect else None, r.anomaly_map.shape) for s, r in zip(dataset.test, results)]
         maps = [r.anomaly_map for r in results]
-        report["pixel_auroc"] = auroc(np.concatenate([m.ravel() for m in masks]),
-                                      np.concatenate([m.ravel() for m in maps]))
+        report["pixel_auroc"] = pixel_auroc(masks, maps)
         report["aupro"] = aupro(masks, maps, fpr_limit=0.3)
+        report["pointing_game"] = pointing_rate([(m, a) for s, m, a in zip(dataset.test, masks, maps) if s.is_defect])
+    types = per_type(dataset, scores, masks, [r.anomaly_map for r in results])
+    if types:
+        report["per_type"] = types
     return _rounded(report)
+
+
+def pixel_auroc(masks: list[np.ndarray], maps: list[np.ndarray]) -> float | None:
+    """Pixel AUROC over every pixel of the given pictures (maps at their masks' resolution)."""
+    return auroc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
+
+
+def pointing_rate(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
+    """Share of (mask, map) pairs whose map maximum lies on the mask (pointing game); pairs with an empty mask
+    (a defect without ground truth) are left out, None when none is left."""
+    hits = [pointing_game(amap, mask) for mask, amap in pairs if mask.any()]
+    return round(float(np.mean(hits)), 4) if hits else None
+
+
+def per_type(dataset: Dataset, scores: np.ndarray, masks: list[np.ndarray] | None,
+             maps: list[np.ndarray]) -> dict[str, dict]:
+    """Each defect type's figures, so a weak kind of defect shows instead of hiding in an average: image AUROC of
+    its pictures against all good test pictures, pixel AUROC over its pictures, pointing game on its masks."""
+    good = np.array([not s.is_defect for s in dataset.test])
+    out: dict[str, dict] = {}
+    for kind in sorted({s.label for s in dataset.test if s.is_defect}):
+        mine = np.array([s.is_defect and s.label == kind for s in dataset.test])
+        chosen = mine | good
+        row: dict = {"n": int(mine.sum()), "image_auroc": auroc(mine[chosen], scores[chosen])}
+        if masks is not None:
+            idx = np.flatnonzero(mine)
+            row["pixel_auroc"] = pixel_auroc([masks[i] for i in idx], [maps[i] for i in idx])
+            row["pointing_game"] = pointing_rate([(masks[i], maps[i]) for i in idx])
+        out[kind] = _rounded(row)
+    return out
 
 
 def evaluate_classifier(inspector: Inspector, dataset: Dataset, results: list, component: str) -> dict:

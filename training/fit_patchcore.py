@@ -2,7 +2,8 @@
 
     python -m training.fit_patchcore --data DIR --out BUNDLE [--layout mvtec|imagefolder|elpv] [--defects DIR]
 
-Pictures keep their shape: each is processed on a grid of its own aspect (shorter side at the input size).
+Pictures keep their shape: each is processed on a grid of its own aspect, shorter side at the detector's own
+view (`short_side`, 320 px; the heads keep the bundle's input size).
 The memory bank is a greedy coreset of `coreset_ratio` of all training patches, however many there are.
 The decision threshold comes from data the bank never saw (`training.calibration`): a seeded share of the
 good training images (`calibration_fraction`, at least 3) is held out, or with fewer than 30 pictures each is
@@ -25,7 +26,7 @@ from PIL import Image
 
 from training.anomalies import nuisance_copy, synthesize
 from training.bundle_meta import describe
-from training.calibration import SYNTHETIC_PER_IMAGE, calibrate
+from training.calibration import calibrate, synthetic_per_image
 from training.card import write_card
 from training.cli import progress, relative_name, run, training_parser
 from training.data import DataError, Dataset, Sample, input_size_for, list_images, load_dataset
@@ -191,6 +192,7 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
         return torch.from_numpy(patches[rows]).view(1, h, w, -1).permute(0, 3, 1, 2)
 
     good_distances, synthetic, synthetic_distances = [], [], []
+    per_image = synthetic_per_image(NUISANCE_COPIES if plan.method == "copies" else len(held))
     with torch.no_grad():
         for k, fold in enumerate(plan.folds):
             scorer = model
@@ -204,7 +206,7 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
                 pictures = [(copy, embedding(copy)) for copy in copies]
             for array, picture in progress(pictures, "calibration"):
                 good_distances.append(scorer.nearest_distances(picture))
-                for _ in range(SYNTHETIC_PER_IMAGE):
+                for _ in range(per_image):
                     made = synthesize(array, rng)
                     synthetic.append(made)
                     synthetic_distances.append(scorer.nearest_distances(embedding(made[0])))
@@ -251,6 +253,8 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = PatchCoreConfig()
     parser = training_parser("python -m training.fit_patchcore", __doc__)
+    parser.add_argument("--short-side", type=int, default=defaults.short_side,
+                        help="the detector's view: each picture's shorter side in model pixels (default: %(default)s)")
     parser.add_argument("--coreset-ratio", type=float, default=defaults.coreset_ratio)
     parser.add_argument("--max-bank-size", type=int, default=defaults.max_bank_size)
     parser.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default=defaults.index)
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     dataset = load_dataset(args.layout, args.data, args.test_fraction, args.seed)
     config = PatchCoreConfig(input_size=args.input_size or input_size_for(args.layout, Path(args.out)),
-                             coreset_ratio=args.coreset_ratio,
+                             short_side=args.short_side, coreset_ratio=args.coreset_ratio,
                              max_bank_size=args.max_bank_size, index=args.index, seed=args.seed)
     start = time.perf_counter()
     info = fit(dataset, Path(args.out), config, args.batch_size, args.category,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import f1_score
 
 # the per-method keys of `training.evaluate_explanations` (DESIGN.md contract), in table order
 EXPLANATION_METRICS = ("pointing_game", "energy_in_mask", "heatmap_auroc", "deletion_auc", "insertion_auc",
@@ -12,11 +12,17 @@ EXPLANATION_METRICS = ("pointing_game", "energy_in_mask", "heatmap_auroc", "dele
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """ROC AUC, or None when only one class is present (undefined)."""
+    """ROC AUC, or None when only one class is present (undefined). Computed as the Mann-Whitney U statistic over
+    n_pos * n_neg (scipy; ties count a half, as roc_auc_score does): the same number, about twice as fast on pixel
+    maps (a 800-picture fit spent 17 s of its calibration in roc_auc_score)."""
+    from scipy.stats import mannwhitneyu
+
     labels = np.asarray(labels).ravel().astype(bool)
     if labels.all() or not labels.any():
         return None
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64).ravel()))
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    u = mannwhitneyu(scores[labels], scores[~labels], use_continuity=False, method="asymptotic").statistic
+    return float(u / (labels.sum() * (~labels).sum()))
 
 
 def aupro(masks, maps, fpr_limit: float = 0.3) -> float | None:

@@ -35,11 +35,13 @@ class PatchCoreConfig:
     """Hyper-parameters of the detector (stored in bundle.json)."""
 
     trunk: str = "efficientnet_lite0"
-    input_size: int = 224  # the picture's shorter side in model pixels (both sides when keep_aspect is off)
+    input_size: int = 224  # the bundle's input side: the square the picture is squashed to when keep_aspect is off
+    short_side: int = 320  # the detector's view: the picture's shorter side in model pixels (keep_aspect on)
     layers: tuple[int, ...] = (1, 2, 4)  # trunk stages at stride 4, 8 and 16
     feature_stride: int = 8  # the patch grid: every layer is resampled to the stride-8 grid
     aggregation: int = 3  # local neighbourhood (3x3 average) that gives each patch context
     coreset_ratio: float = 0.1  # share of all training patches kept in the memory bank (PatchCore's 10 %)
+    sampler: str = "coreset"  # how the bank's patches are chosen: "coreset" (greedy k-center) or "random" (a baseline)
     max_bank_size: int | None = None  # optional cap; None keeps coreset_ratio of every data set, however large
     projection_dim: int = 128  # coreset distances are computed in a random projection of this size
     sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in model pixels
@@ -64,6 +66,7 @@ class PatchCoreConfig:
         if "keep_aspect" not in data and data.get("index", "auto") == "auto":
             data["index"] = "flat"  # format 1's "auto" meant exact search for its banks (capped at 8,192)
         data.setdefault("keep_aspect", False)
+        data.setdefault("short_side", data.get("input_size", cls.input_size))  # before round 3: the input size
         data["layers"] = tuple(data.get("layers", cls.layers))
         return cls(**data)
 
@@ -165,13 +168,13 @@ class PatchCore(nn.Module):
 
     # -- geometry ------------------------------------------------------------------------------
     def input_shape(self, width: int, height: int) -> tuple[int, int]:
-        """(height, width) in model pixels for a picture of `width` x `height`: the shorter side at input_size and
+        """(height, width) in model pixels for a picture of `width` x `height`: the shorter side at short_side and
         the longer one in proportion (at most max_side), both multiples of the trunk's stride so that every stage
-        lines up with the patch grid exactly (no padding); square when keep_aspect is off."""
+        lines up with the patch grid exactly (no padding); square (input_size) when keep_aspect is off."""
         cfg, s = self.config, TRUNK_STRIDE
         if not cfg.keep_aspect:
             return cfg.input_size, cfg.input_size
-        scale = min(cfg.input_size / min(width, height), cfg.max_side / max(width, height))
+        scale = min(cfg.short_side / min(width, height), cfg.max_side / max(width, height))
         h, w = (max(MIN_SIDE, round(side * scale / s) * s) for side in (height, width))
         return h, w
 
@@ -226,6 +229,10 @@ class PatchCore(nn.Module):
             n_select = min(n_select, cfg.max_bank_size)
         if n_select >= len(patches):
             chosen = np.arange(len(patches))
+        elif cfg.sampler == "random":
+            chosen = np.sort(np.random.default_rng(cfg.seed).choice(len(patches), n_select, replace=False))
+        elif cfg.sampler != "coreset":
+            raise ValueError(f"unknown bank sampler {cfg.sampler!r}: use coreset or random")
         else:
             report = None if on_progress is None else (lambda n: on_progress(n, n_select))
             chosen = np.sort(kcenter_greedy(patches @ projection, n_select, seed=cfg.seed, on_progress=report))
