@@ -146,3 +146,16 @@ def test_heads_share_the_trunk_forward_only_for_a_square_picture(classifier_bund
         probs = inspector.heads["classifier_cnn"](trunk(x, upto=HEAD_INPUT_STAGE)[HEAD_INPUT_STAGE]).softmax(-1)[0]
     expected = dict(zip(inspector.labels, probs.tolist()))
     assert wide.class_probabilities["classifier_cnn"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_bundle_from_before_the_320_view_keeps_its_224_view(texture_bundle, trunk, tmp_path):
+    """Format-2 bundles written before the detector had a view of its own (no short_side in their config) saw the
+    picture at the bundle's input size, and still do: their bank was built from patches at that scale."""
+    old = tmp_path / "round2"
+    shutil.copytree(texture_bundle, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    del meta["components"]["patchcore"]["config"]["short_side"], meta["components"]["patchcore"]["config"]["sampler"]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    inspector = Inspector(load(old), trunk)
+    assert inspector.patchcore.config.short_side == 224 and inspector.patchcore.config.sampler == "coreset"
+    assert inspector.detect(texture(np.random.default_rng(4), *WIDE)).anomaly_map.shape == (224, 672)
