@@ -43,6 +43,15 @@ def add_defect(image: np.ndarray, rng: np.random.Generator, kind: str = "scratch
     return np.asarray(canvas), np.asarray(mask) > 0
 
 
+def on_defect(amap: np.ndarray, mask: np.ndarray, tolerance: int = 8) -> bool:
+    """The map's maximum lies inside the mask (resized to the map) dilated by the pointing-game tolerance."""
+    from scipy.ndimage import binary_dilation
+
+    resized = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(amap.shape[::-1])) > 0
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    return bool(binary_dilation(resized, iterations=tolerance)[peak])
+
+
 def write_mvtec_folder(root: Path, n_train: int = 14, n_test_good: int = 4, n_test_defect: int = 4,
                        seed: int = 0, size: int = SIZE, width: int | None = None) -> Path:
     """An mvtec-layout folder of generated textures (size x width pictures): train/good, test/{good,scratch,blob},

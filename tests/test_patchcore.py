@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from synthetic import add_defect, texture
+from synthetic import add_defect, on_defect, texture
 from training.calibration import FALSE_ALARM_TARGET, balanced_accuracy_threshold, calibrate, operating_point
 from xai.bundle import load, load_patchcore
 from xai.inspector import Inspector
@@ -34,14 +33,7 @@ def test_anomaly_map_maximum_falls_on_the_defect(inspector, kind):
     for _ in range(3):
         image, mask = add_defect(texture(rng), rng, kind)
         result = inspector.detect(image)
-        size = result.anomaly_map.shape[0]
-        mask_small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size))) > 0
-        # dilate by 8 px (the pointing-game tolerance of DESIGN.md)
-        from scipy.ndimage import binary_dilation
-
-        mask_small = binary_dilation(mask_small, iterations=8)
-        peak = np.unravel_index(np.argmax(result.anomaly_map), result.anomaly_map.shape)
-        assert mask_small[peak], f"peak {peak} off the {kind}"
+        assert on_defect(result.anomaly_map, mask), f"peak off the {kind}"  # 8 px: DESIGN.md's pointing game
         assert result.is_defect and result.label == "defect"
 
 
@@ -174,16 +166,6 @@ def test_approximate_index_recalls_exact_search_on_a_generated_bank():
     assert (approx[:, 0] >= exact[:, 0] - 1e-3).all()  # an approximate neighbour is never nearer than the true one
 
 
-def _peak_on(amap: np.ndarray, mask: np.ndarray, tolerance: int = 8) -> bool:
-    """Whether the map's maximum lies on `mask` (resized to the map, dilated by the pointing game's 8 px)."""
-    from scipy.ndimage import binary_dilation
-
-    h, w = amap.shape
-    small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR)) > 0
-    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    return bool(binary_dilation(small, iterations=tolerance)[peak])
-
-
 def thin_line(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A crack one pixel wide at the picture's own resolution: a long, slightly bright diagonal line."""
     h, w = image.shape[:2]
@@ -223,7 +205,7 @@ def test_defects_of_every_size_peak_on_the_defect(inspector, make):
     for _ in range(3):
         image, mask = make(texture(rng), rng)
         result = inspector.detect(image)
-        assert _peak_on(result.anomaly_map, mask), make.__name__
+        assert on_defect(result.anomaly_map, mask), make.__name__
         assert result.score > good, (make.__name__, result.score, good)
 
 

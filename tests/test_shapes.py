@@ -8,9 +8,8 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.ndimage import binary_dilation
 
-from synthetic import add_defect, texture, write_mvtec_folder
+from synthetic import add_defect, on_defect, texture, write_mvtec_folder
 from xai.bundle import load
 from xai.inspector import Inspector
 from xai.patchcore import BORDER_RINGS, TRUNK_STRIDE, PatchCore, PatchCoreConfig, ring_index
@@ -27,13 +26,6 @@ def wide_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "strip"
     fit(load_dataset("mvtec", data), out, PatchCoreConfig(), log=lambda msg: None)
     return out
-
-
-def on_defect(amap: np.ndarray, mask: np.ndarray, tolerance: int = 8) -> bool:
-    """The map's maximum lies inside the mask (resized to the map) dilated by the pointing-game tolerance."""
-    resized = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(amap.shape[::-1])) > 0
-    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    return bool(binary_dilation(resized, iterations=tolerance)[peak])
 
 
 def test_input_shape_keeps_the_aspect_and_grows_with_the_area():
