@@ -101,14 +101,14 @@ def embed_pictures(model: PatchCore, trunk: Trunk, samples: list[Sample], batch_
     """Raw per-layer patch rows of every picture; keeps the model-shape arrays of `keep` and writes the
     thumbnails the retrieval trace shows (`thumbs`: picture -> file)."""
     spec = TRUNKS[model.config.trunk]
-    rows: list[list[torch.Tensor]] = [[] for _ in model.config.layers]
-    means: list[list[torch.Tensor]] = [[] for _ in model.config.layers]
+    rows: list[list[torch.Tensor]] = [[] for _ in range(model.config.n_parts)]
+    means: list[list[torch.Tensor]] = [[] for _ in range(model.config.n_parts)]
     sources, arrays_kept = [], {}
     n_seen = 0
     for arrays, _ in image_batches(samples, model.input_shape, batch_size, "features"):
         with torch.no_grad():
             x = normalise(arrays, spec.mean, spec.std)
-            parts = model.embed_parts(model.stage_outputs(trunk, x), tuple(x.shape[-2:]))
+            parts = model.embed_parts(model.stage_outputs(trunk, x), x)
         b, _, gh, gw = parts[0].shape
         for store, mean, part in zip(rows, means, parts):
             store.append(part.permute(0, 2, 3, 1).reshape(-1, part.shape[1]))

@@ -178,7 +178,7 @@ class Inspector:
             lap("preprocess")
             stages = pc.stage_outputs(self.trunk, x)
             lap("trunk")
-            embedding = pc.embed(stages, tuple(x.shape[-2:]))
+            embedding = pc.embed(stages, x)
             lap("features")
             patch_scores = pc.patch_scores(embedding)
             lap("knn")
