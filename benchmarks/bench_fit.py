@@ -11,7 +11,6 @@ a second client calls /detect on the bundle's category back to back; its median 
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import threading
@@ -29,25 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from gradio_client import Client, handle_file
 
-    from app import build_app, launch_options
+    from space.admission import Limits
+    from space.catalogue import Catalogue
+    from space.categories import CategoryLimits
+    from space.server import serving
+    from space.settings import Settings
     from training.data import list_images
-    from xai.categories import CategoryLimits, CategoryStore
-    from xai.service import Catalogue
-    from xai.web import Limits
 
     sizes = [int(s) for s in args.sizes.split(",")]
     pictures = list_images(Path(args.pictures))
-    catalogue = Catalogue.from_sources(args.bundles)
-    catalogue.made = CategoryStore(CategoryLimits(capacity=64, per_caller=64))
+    catalogue = Catalogue.from_sources(args.bundles, CategoryLimits(capacity=64, per_caller=64))
     category = catalogue.categories[0]
-    demo = build_app(catalogue, limits=Limits(detect_per_caller=64, detect_burst=100_000, fit_burst=1000,
-                                              fit_every_s=0.01))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
-    url = f"http://127.0.0.1:{port}/"
-    try:
+    limits = Limits(caller_share=10_000).relaxed(detect={"per_caller": 64, "burst": 100_000},
+                                                 fit={"burst": 1000, "every_s": 0.01})
+    with serving(Settings(limits=limits), catalogue) as (url, _):
+        url += "/"
         client, detector = Client(url, verbose=False), Client(url, verbose=False)
 
         def detect(cat: str) -> float:
@@ -87,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"/detect on {category} during a {sizes[-1]}-picture fit ({wall:.1f} s): median "
               f"{statistics.median(busy):.0f} ms over {len(busy)} calls = {ratio:.2f}x idle")
         return 0
-    finally:
-        demo.close()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -44,24 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    from app import build_app, launch_options
-    from xai.outputs import OutputFolder
-    from xai.service import Catalogue
-    from xai.web import Limits
+    from space.admission import Limits
+    from space.catalogue import Catalogue
+    from space.server import serving
+    from space.settings import Settings
 
     catalogue = Catalogue.from_sources(args.bundles)
     category = catalogue.categories[0]
-    outputs = OutputFolder(temp / "outputs", max_age_s=age)
-    demo = build_app(catalogue, outputs, Limits(detect_burst=100_000, detect_every_s=0.001), cache_sweep=(every, age))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    settings = Settings(limits=Limits().relaxed(detect={"burst": 100_000, "every_s": 0.001}), cache_sweep=(every, age))
     rng = np.random.default_rng(0)
     pictures = temp / "pictures"
     pictures.mkdir()
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with serving(settings, catalogue) as (url, space):
+        client = Client(f"{url}/", verbose=False)
+        outputs = space.outputs.root
         start = time.perf_counter()
         print(f"{'uploads':>8}{'s':>8}{'gradio temp MB':>16}{'outputs MB':>12}")
         peak = 0
@@ -74,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 held = folder_bytes(temp / "gradio")
                 peak = max(peak, held)
                 print(f"{i:8d}{time.perf_counter() - start:8.0f}{held / 2**20:16.1f}"
-                      f"{folder_bytes(temp / 'outputs') / 2**20:12.1f}", flush=True)
+                      f"{folder_bytes(outputs) / 2**20:12.1f}", flush=True)
         sent = args.uploads * (512 * 512 * 3 + 1000) / 2**20
         time.sleep(age + 2 * every)
         final = folder_bytes(temp / "gradio")
@@ -83,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         ok = peak < 0.5 * sent * 2**20 and final <= peak
         print("disk use levels off" if ok else "disk use GROWS with uploads")
         return 0 if ok else 1
-    finally:
-        demo.close()
 
 
 if __name__ == "__main__":

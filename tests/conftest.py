@@ -41,7 +41,7 @@ def texture_bundle(texture_data, tmp_path_factory) -> Path:
     from xai.patchcore import PatchCoreConfig
 
     out = tmp_path_factory.mktemp("bundles") / "weave"
-    fit(load_dataset("mvtec", texture_data), out, PatchCoreConfig(), log=lambda msg: None)
+    fit(load_dataset("mvtec", texture_data), out, PatchCoreConfig())
     return out
 
 
@@ -62,9 +62,22 @@ def classifier_bundle(binary_folder, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "binary"
     dataset = load_dataset("imagefolder", binary_folder)
-    fit(dataset, out, PatchCoreConfig(), log=lambda msg: None)
-    train(dataset, out, ["cnn", "vit"], TrainConfig(epochs=6, patience=6, batch_size=8), log=lambda msg: None)
+    fit(dataset, out, PatchCoreConfig())
+    train(dataset, out, ["cnn", "vit"], TrainConfig(epochs=6, patience=6, batch_size=8))
     return out
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """The one way the tests launch the Space, with its production options (the door, caps, error handling):
+    `with serve(catalogue, limits=..., ...) as (url, space):`, keywords being `space.settings.Settings` fields."""
+    from space.server import serving
+    from space.settings import Settings
+
+    def start(catalogue, build=None, **settings):
+        return serving(Settings(**settings), catalogue, build)
+
+    return start
 
 
 @pytest.fixture(scope="module")

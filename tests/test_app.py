@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import pytest
 from PIL import Image
 
+from space.catalogue import Catalogue, ServiceError
 from xai.bundle import BundleError, load
 from xai.inspector import Inspector
 from xai.io import ImageInputError
-from xai.service import Catalogue, ServiceError
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_detect_and_explain_in_process(catalogue, part):
     picture, verdict = catalogue.detect(part, "binary")
     assert picture.size == (256, 256) and verdict["label"] == "blob" and verdict["is_defect"] is True
     assert {"score", "threshold", "scores", "timings_ms"} <= set(verdict)
-    from xai.render import verdict_markdown
+    from space.render import verdict_markdown
 
     text = verdict_markdown(verdict)  # the page's headline: verdict, score vs threshold, each component
     assert text.startswith("### DEFECT: blob") and f"{verdict['timings_ms']['total']:.0f} ms" in text
@@ -137,24 +136,14 @@ def test_every_bad_upload_has_its_message_in_process(catalogue, part, tmp_path):
             catalogue.detect(bad, "binary")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_gradio_client_round_trip(catalogue, part, tmp_path):
+def test_gradio_client_round_trip(catalogue, part, tmp_path, serve):
     from gradio_client import Client, handle_file
 
-    from app import build_app, launch_options
-    from xai.web import Limits
+    from space.admission import Limits
 
-    demo = build_app(catalogue, limits=Limits(detect_per_caller=16, detect_burst=1000, explain_burst=100))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_options())
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    limits = Limits().relaxed(detect={"per_caller": 16, "burst": 1000}, explain={"burst": 100})
+    with serve(catalogue, limits=limits) as (url, _):
+        client = Client(f"{url}/", verbose=False)
         api = client.view_api(print_info=False, return_format="dict")
         assert set(api["named_endpoints"]) == {"/detect", "/explain", "/info", "/fit", "/train_classifier"}
         image, verdict = client.predict(handle_file(str(part)), "binary", api_name="/detect")
@@ -176,7 +165,7 @@ def test_gradio_client_round_trip(catalogue, part, tmp_path):
         from concurrent.futures import ThreadPoolExecutor
 
         def call(_):
-            path, verdict = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            path, verdict = Client(f"{url}/", verbose=False).predict(
                 handle_file(str(part)), "binary", api_name="/detect")
             with Image.open(path) as im:
                 im.load()
@@ -184,5 +173,3 @@ def test_gradio_client_round_trip(catalogue, part, tmp_path):
 
         with ThreadPoolExecutor(6) as pool:
             assert list(pool.map(call, range(12))) == ["blob"] * 12
-    finally:
-        demo.close()

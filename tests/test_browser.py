@@ -8,7 +8,6 @@ screenshots to out/screenshots/ (app.png, app-phone.png, app-iframe.png; ignored
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,22 +27,14 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
 
 
 @contextmanager
-def served(bundle) -> Iterator[tuple[str, Path]]:
-    """The app over `bundle` on a free port: (its URL, the screenshot folder); closed afterwards."""
-    from app import build_app
-    from xai.service import Catalogue
+def served(serve, bundle) -> Iterator[tuple[str, Path]]:
+    """The app over `bundle` on a free port, served as in production: (its URL, the screenshot folder)."""
+    from space.catalogue import Catalogue
 
-    demo = build_app(Catalogue.from_sources(str(bundle)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     shots = ROOT / "out" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    try:
-        yield f"http://127.0.0.1:{port}", shots
-    finally:
-        demo.close()
+    with serve(Catalogue.from_sources(str(bundle))) as (url, _):
+        yield url, shots
 
 
 def blob_part(path: Path, rng: np.random.Generator) -> Path:
@@ -52,11 +43,11 @@ def blob_part(path: Path, rng: np.random.Generator) -> Path:
     return path
 
 
-def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
+def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path, serve):
     from playwright.sync_api import expect, sync_playwright
 
     part = blob_part(tmp_path / "part.png", np.random.default_rng(8))
-    with served(classifier_bundle) as (url, shots):
+    with served(serve, classifier_bundle) as (url, shots):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
@@ -94,7 +85,7 @@ def test_upload_inspect_explain_and_screenshot(classifier_bundle, tmp_path):
     assert (shots / "app.png").stat().st_size > 10_000
 
 
-def test_add_a_category_inspect_it_and_download_it(classifier_bundle, tmp_path):
+def test_add_a_category_inspect_it_and_download_it(classifier_bundle, tmp_path, serve):
     """A visitor teaches the app a new part from generated pictures on the page, inspects a defective one with it,
     and downloads the category; the zip loads as a bundle."""
     import zipfile
@@ -110,7 +101,7 @@ def test_add_a_category_inspect_it_and_download_it(classifier_bundle, tmp_path):
         good.append(tmp_path / f"good_{i}.png")
         Image.fromarray(texture(rng)).save(good[-1])
     part = blob_part(tmp_path / "scratched.png", rng)
-    with served(classifier_bundle) as (url, shots):
+    with served(serve, classifier_bundle) as (url, shots):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 1400})

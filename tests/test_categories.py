@@ -1,4 +1,4 @@
-"""Categories made at run time (xai.categories) and the files of one fit (xai.uploads), without any model: a fake
+"""Categories made at run time (space.categories) and the files of one fit (space.uploads), without any model: a fake
 clock drives the time to live, and every refusal is checked for the message its sender gets."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from xai.categories import CategoryGone, CategoryLimits, CategoryStore
-from xai.uploads import UploadError, gather
+from space.categories import CategoryGone, CategoryLimits, CategoryStore
+from space.uploads import UploadError, gather
 
 
 class Clock:

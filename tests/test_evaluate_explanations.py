@@ -44,7 +44,7 @@ def test_contract_json_and_stored_table(full_bundle, texture_data, tmp_path):
     stored = json.loads((full_bundle / "bundle.json").read_text())["metrics"]["explanations"]
     assert stored == result
     # the app's report card shows the stored table, one row per method, columns in QUALITY_COLUMNS order
-    from xai.service import QUALITY_COLUMNS, Catalogue
+    from space.catalogue import QUALITY_COLUMNS, Catalogue
 
     catalogue = Catalogue.from_sources(str(full_bundle))
     _, quality = catalogue.report_card(catalogue.categories[0])

@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from xai.outputs import OutputFolder
+from space.outputs import OutputFolder
 
 
 def test_same_picture_twice_gives_two_complete_files(tmp_path):

@@ -10,7 +10,6 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
-from test_app import free_port
 
 from synthetic import add_defect, texture
 from training.fit_patchcore import CROSS_FIT_BELOW, calibration_plan
@@ -70,9 +69,9 @@ def test_one_or_four_pictures_make_a_working_category(n, pictures, tmp_path, tru
 
 
 def test_a_picture_that_is_not_one_is_named_in_the_error(pictures, tmp_path, trunk):
+    from space.parts import PartError
     from training.cli import run_errors
     from training.part import fit_part
-    from xai.parts import PartError
 
     junk = tmp_path / "003_notes.png"
     junk.write_text("not a picture")
@@ -83,7 +82,8 @@ def test_a_picture_that_is_not_one_is_named_in_the_error(pictures, tmp_path, tru
 
 def test_training_reports_the_edge_control_and_stops_when_cancelled(pictures, tmp_path, trunk):
     from training.cli import Cancelled, stop_when
-    from training.part import CARD_METHODS, fit_part, train_part
+    from training.part import fit_part, train_part
+    from xai.explainers import report_card_methods
 
     bundle = tmp_path / "bundle"
     fit_part(pictures[:4], bundle, "weave", trunk)
@@ -93,7 +93,8 @@ def test_training_reports_the_edge_control_and_stops_when_cancelled(pictures, tm
         train_part(bundle, pictures[:4], "weave", trunk, epochs=1)
     card = train_part(bundle, pictures[:4], "weave", trunk, epochs=1)
     table = card["explanations"]
-    assert set(table["methods"]) == {m for m in CARD_METHODS}
+    # every report-card method a part with a CNN head can run (attention rollout needs the transformer head)
+    assert set(table["methods"]) == set(report_card_methods()) - {"attention_rollout"}
     control = table["controls"]["edge_control"]
     assert control["randomization_similarity"] == pytest.approx(1.0)  # it ignores the weights by construction
     assert all(m["randomization_similarity"] is None or m["randomization_similarity"] < 1.0
@@ -102,20 +103,15 @@ def test_training_reports_the_edge_control_and_stops_when_cancelled(pictures, tm
 
 # -- through the launched app ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(classifier_bundle):
-    from app import build_app, launch_options
-    from xai.categories import CategoryLimits, CategoryStore
-    from xai.service import Catalogue
-    from xai.web import Limits
+def server(classifier_bundle, serve):
+    from space.admission import Limits
+    from space.catalogue import Catalogue
+    from space.categories import CategoryLimits
 
-    catalogue = Catalogue.from_sources(str(classifier_bundle))
-    catalogue.made = CategoryStore(CategoryLimits(ttl_s=300, capacity=2, per_caller=5, max_pictures=4,
-                                                  max_fit_bytes=3_000_000))
-    demo = build_app(catalogue, limits=Limits(fit_burst=50, fit_every_s=0.01))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
-    yield f"http://127.0.0.1:{port}", catalogue
-    demo.close()
+    caps = CategoryLimits(ttl_s=300, capacity=2, per_caller=5, max_pictures=4, max_fit_bytes=3_000_000)
+    catalogue = Catalogue.from_sources(str(classifier_bundle), caps)
+    with serve(catalogue, limits=Limits().relaxed(fit={"burst": 50, "every_s": 0.01}), categories=caps) as (url, _):
+        yield url, catalogue
 
 
 def _client(url):
@@ -181,7 +177,7 @@ def test_over_limit_uploads_are_refused_with_their_message(server, pictures, tmp
 def test_a_caller_cannot_queue_heavy_jobs_behind_a_running_one(server, pictures, monkeypatch):
     from gradio_client import handle_file
 
-    from xai import parts as parts_module
+    from space import parts as parts_module
 
     url, _ = server
     started, release = threading.Event(), threading.Event()

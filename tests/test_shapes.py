@@ -24,7 +24,7 @@ def wide_bundle(tmp_path_factory):
 
     data = write_mvtec_folder(tmp_path_factory.mktemp("wide") / "strip", size=WIDE[0], width=WIDE[1])
     out = tmp_path_factory.mktemp("bundles") / "strip"
-    fit(load_dataset("mvtec", data), out, PatchCoreConfig(), log=lambda msg: None)
+    fit(load_dataset("mvtec", data), out, PatchCoreConfig())
     return out
 
 

@@ -55,7 +55,7 @@ def few_shot(dataset: Dataset, shots: int | None, seed: int = 0) -> Dataset:
     return replace(dataset, train=[good[i] for i in chosen])
 
 
-def benchmark_one(entry: str, layout: str, out: Path, config: PatchCoreConfig, log=print,
+def benchmark_one(entry: str, layout: str, out: Path, config: PatchCoreConfig,
                   shots: int | None = None) -> tuple[str, dict]:
     """Fit `entry` (on `shots` good pictures, or all) into `out`, evaluate it; returns (name, row)."""
     is_elpv = layout == "elpv" or (entry == "elpv" and not Path(entry).is_dir())
@@ -65,7 +65,7 @@ def benchmark_one(entry: str, layout: str, out: Path, config: PatchCoreConfig, l
         name = f"{name} {shots}-shot"
     dataset = few_shot(dataset, shots)
     start = time.perf_counter()
-    fit(dataset, out, config, log=log)
+    fit(dataset, out, config)
     fit_s = time.perf_counter() - start
     inspector = Inspector(load(out))
     dataset = apply_split(dataset, out)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         for entry in entries:
             for k in shots:
                 name, row = benchmark_one(entry, args.layout, root / (Path(entry).name + (f"-{k}" if k else "")),
-                                          config, log=lambda msg: print(msg, file=sys.stderr), shots=k)
+                                          config, shots=k)
                 rows[name] = row
                 print(f"{name}: " + ", ".join(f"{c} {row.get(c)}" for c in COLUMNS), file=sys.stderr)
     result = {"config": config.to_dict(), "datasets": rows}

@@ -8,20 +8,18 @@ from pathlib import Path
 from xai.bundle import read_meta
 
 
-def _front_matter(meta: dict) -> str:
+def card_data(meta: dict):
+    """The card's metadata (the Hub's YAML front matter) through huggingface_hub's own ModelCardData."""
+    from huggingface_hub import ModelCardData
+
     data = meta.get("data", {})
     metrics = meta.get("metrics", {})
-    lines = ["---", f"license: {data.get('license') or 'other'}", "library_name: defect-xai", "tags:"]
-    lines += [f"  - {t}" for t in ("anomaly-detection", "visual-inspection", "explainable-ai", "patchcore",
-                                  "image-classification")]
-    if data.get("name"):
-        lines += ["datasets:", f"  - {data['name']}"]
     names = sorted({k for comp in metrics.values() if isinstance(comp, dict) for k in comp
                     if k in ("image_auroc", "pixel_auroc", "aupro", "f1", "accuracy")})
-    if names:
-        lines += ["metrics:"] + [f"  - {n}" for n in names]
-    lines.append("---")
-    return "\n".join(lines)
+    return ModelCardData(license=data.get("license") or "other", library_name="defect-xai",
+                         tags=["anomaly-detection", "visual-inspection", "explainable-ai", "patchcore",
+                               "image-classification"],
+                         datasets=[data["name"]] if data.get("name") else None, metrics=names or None)
 
 
 def render_card(meta: dict) -> str:
@@ -29,7 +27,7 @@ def render_card(meta: dict) -> str:
     category = meta.get("category", "?")
     comps = meta.get("components", {})
     data = meta.get("data", {})
-    parts = [_front_matter(meta), "", f"# defect-xai bundle: {category}", "",
+    parts = ["---", card_data(meta).to_yaml(), "---", "", f"# defect-xai bundle: {category}", "",
              "Models for the defect-xai explainable visual inspection app: a PatchCore-style anomaly detector "
              f"on a frozen ImageNet {meta.get('trunk', {}).get('name', '')} trunk"
              + (" and classification heads" if len(comps) > 1 else "") + ".", "",
@@ -67,4 +65,7 @@ def render_card(meta: dict) -> str:
 
 
 def write_card(folder: Path) -> None:
-    (Path(folder) / "README.md").write_text(render_card(read_meta(Path(folder))))
+    """The bundle's README.md, as huggingface_hub writes a model card."""
+    from huggingface_hub import ModelCard
+
+    ModelCard(render_card(read_meta(Path(folder)))).save(Path(folder) / "README.md")

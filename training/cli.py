@@ -12,11 +12,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from training.data import DataError, Sample
-from xai.backbone import MissingWeightsError
-from xai.bundle import BundleError
+from xai.errors import UserError
 from xai.io import ImageInputError, load_image
 
-EXPECTED_ERRORS = (DataError, ImageInputError, BundleError, MissingWeightsError, FileNotFoundError)
+EXPECTED_ERRORS = (UserError, FileNotFoundError)  # every message meant for a person, and a missing path
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
@@ -35,7 +34,7 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
 def run_errors(kind: type[Exception]) -> Iterator[None]:
     """The training code called as a library (the app): its expected failures come out as `kind`, with their one
     line and server paths cut to file names."""
-    from xai.service import redact
+    from xai.errors import redact
 
     try:
         yield

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xai.errors import UserError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 NORMAL_NAMES = {"good", "ok", "normal", "negative", "free"}
 LAYOUTS = ("mvtec", "imagefolder", "elpv")
@@ -25,7 +27,7 @@ def input_size_for(layout: str, bundle: Path | None = None) -> int:
     return int(recorded) if recorded else INPUT_SIZES.get(layout, 224)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset folder that does not match its layout; the message names the folder or file."""
 
 

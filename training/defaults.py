@@ -15,54 +15,74 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from training import evaluate, evaluate_explanations, fit_patchcore, train_classifier
 from training.cli import run
 
 DONE = "eval.json"
-FAST_METHODS = "anomaly_map,retrieval,gradcam,gradcam_pp,saliency,attention_rollout"
 
 Step = Callable[[int, int, str], None]  # (step, of steps, what) for a progress display
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def is_built(out: Path) -> bool:
     return (Path(out) / DONE).is_file()
 
 
-def _steps(out: Path, steps: list[tuple[str, Callable[[], int]]], on_step: Step | None) -> Path:
+def _steps(out: Path, steps: list[tuple[str, Callable[[], object]]], on_step: Step | None) -> Path:
     if out.exists() and not is_built(out):
         shutil.rmtree(out)  # a half-built bundle from an interrupted run
     for i, (what, step) in enumerate(steps):
         if on_step is not None:
             on_step(i, len(steps), what)
-        if step() != 0:
-            raise RuntimeError(f"building {out} failed at: {what}")
+        step()
     return out
 
 
-def build_solar_cells(out: str | Path, epochs: int = 3, input_size: int = 224, on_step: Step | None = None) -> Path:
+def build_solar_cells(out: str | Path, epochs: int = 3, input_size: int = 224, on_step: Step | None = None,
+                      log: Log = _stderr) -> Path:
     """The solar-cell category from the elpv-dataset package: PatchCore, the CNN head, its evaluation."""
+    from training.data import load_dataset
+    from training.evaluate import evaluate_into
+    from training.fit_patchcore import fit
+    from training.train_classifier import TrainConfig, train
+    from xai.patchcore import PatchCoreConfig
+
     out = Path(out)
-    common = ["--layout", "elpv", "--out", str(out), "--category", "solar-cells"]
+    dataset = load_dataset("elpv", None)
     return _steps(out, [
-        ("fitting the anomaly detector", lambda: fit_patchcore.main(common + ["--input-size", str(input_size)])),
-        ("training the classifier", lambda: train_classifier.main(common + ["--arch", "cnn", "--epochs", str(epochs)])),
-        ("evaluating", lambda: evaluate.main(["--layout", "elpv", "--bundle", str(out), "--json", str(out / DONE)])),
+        ("fitting the anomaly detector", lambda: fit(dataset, out, PatchCoreConfig(input_size=input_size),
+                                                     category="solar-cells")),
+        ("training the classifier", lambda: train(dataset, out, ["cnn"], TrainConfig(epochs=epochs),
+                                                  input_size=input_size, category="solar-cells", log=log)),
+        ("evaluating", lambda: evaluate_into(out, dataset, out / DONE)),
     ], on_step)
 
 
 def build_mvtec(data: str | Path, out: str | Path, epochs: int = 3, explain_limit: int = 12,
-                on_step: Step | None = None) -> Path:
-    """A category from an mvtec-layout folder: PatchCore, both heads, the fast methods' explanation table (on a
-    seeded sample of the test defects, for the report card) and the evaluation."""
-    out, data = Path(out), str(data)
+                on_step: Step | None = None, log: Log = _stderr) -> Path:
+    """A category from an mvtec-layout folder: PatchCore, both heads, the report-card methods' explanation table
+    (on a seeded sample of the test defects) and the evaluation."""
+    from training.data import load_dataset
+    from training.evaluate import evaluate_into
+    from training.evaluate_explanations import explain_into
+    from training.fit_patchcore import fit
+    from training.train_classifier import TrainConfig, train
+    from xai.explainers import report_card_methods
+    from xai.patchcore import PatchCoreConfig
+
+    out = Path(out)
+    dataset = load_dataset("mvtec", data)
+    config = PatchCoreConfig()
     return _steps(out, [
-        ("fitting the anomaly detector", lambda: fit_patchcore.main(["--data", data, "--out", str(out)])),
-        ("training the classifiers", lambda: train_classifier.main(
-            ["--data", data, "--out", str(out), "--arch", "both", "--epochs", str(epochs)])),
-        ("scoring the explanations", lambda: evaluate_explanations.main(
-            ["--data", data, "--bundle", str(out), "--json", str(out / "explanations.json"),
-             "--limit", str(explain_limit), "--methods", FAST_METHODS])),
-        ("evaluating", lambda: evaluate.main(["--data", data, "--bundle", str(out), "--json", str(out / DONE)])),
+        ("fitting the anomaly detector", lambda: fit(dataset, out, config)),
+        ("training the classifiers", lambda: train(dataset, out, ["cnn", "vit"], TrainConfig(epochs=epochs),
+                                                   input_size=config.input_size, log=log)),
+        ("scoring the explanations", lambda: explain_into(out, dataset, report_card_methods(), explain_limit,
+                                                          out / "explanations.json")),
+        ("evaluating", lambda: evaluate_into(out, dataset, out / DONE)),
     ], on_step)
 
 

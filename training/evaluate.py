@@ -185,21 +185,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    inspector = Inspector.from_source(args.bundle)
-    dataset = apply_split(load_dataset(args.layout, args.data, args.test_fraction, args.seed), inspector.bundle.path)
+def evaluate_into(bundle: str | Path, dataset: Dataset, json_path: Path | None = None, store: bool = True) -> dict:
+    """Evaluate `bundle` on `dataset`'s test split (the split the bundle recorded); write the metrics to
+    `json_path` and, for a bundle folder with `store`, into its bundle.json with examples and card."""
+    inspector = Inspector.from_source(str(bundle))
+    dataset = apply_split(dataset, inspector.bundle.path)
     result = evaluate_bundle(inspector, dataset)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
     bundle_dir = inspector.bundle.path
-    if not args.no_store and Path(args.bundle).is_dir():
+    if store and Path(bundle).is_dir():
         meta = read_meta(bundle_dir)
         meta.setdefault("metrics", {}).update({k: v for k, v in result.items() if k != "n_images"})
         meta["metrics"]["n_images"] = result["n_images"]
         save_examples(bundle_dir, meta, pick_examples(dataset))
         write_meta(bundle_dir, meta)
         write_card(bundle_dir)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dataset = load_dataset(args.layout, args.data, args.test_fraction, args.seed)
+    result = evaluate_into(args.bundle, dataset, Path(args.json), store=not args.no_store)
     print(json.dumps(result, indent=2))
     return 0
 

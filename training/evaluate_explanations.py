@@ -160,6 +160,29 @@ def _summary(key: str, values: list[float]) -> float | None:
     return round(statistics.median(values) if key == "ms" else float(np.mean(values)), 4)
 
 
+def explain_into(bundle: str | Path, dataset: Dataset, methods: list[str] | None = None, limit: int | None = None,
+                 json_path: Path | None = None, store: bool = True) -> dict:
+    """Score `methods` (default: every one the bundle supports) on at most `limit` of the test defects with masks;
+    write the table to `json_path` and, for a bundle folder with `store`, into its bundle.json and card."""
+    inspector = Inspector.from_source(str(bundle))
+    supported = inspector.methods()
+    methods = methods or supported
+    missing = [m for m in methods if m not in supported]
+    if missing:
+        raise DataError(f"this bundle cannot run {', '.join(missing)}; it supports {', '.join(supported)}.")
+    dataset = apply_split(dataset, inspector.bundle.path)
+    result = evaluate_methods(inspector, masked_defects(dataset, limit), methods)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    if store and Path(bundle).is_dir():
+        meta = read_meta(inspector.bundle.path)
+        meta.setdefault("metrics", {})["explanations"] = result
+        write_meta(inspector.bundle.path, meta)
+        write_card(inspector.bundle.path)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate_explanations",
                                      description=__doc__.split("\n")[0])
@@ -171,21 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="score at most N images (a seeded sample)")
     parser.add_argument("--no-store", action="store_true", help="do not write the table into the bundle")
     args = parser.parse_args(argv)
-    inspector = Inspector.from_source(args.bundle)
-    supported = inspector.methods()
-    methods = args.methods.split(",") if args.methods else supported
-    missing = [m for m in methods if m not in supported]
-    if missing:
-        raise DataError(f"this bundle cannot run {', '.join(missing)}; it supports {', '.join(supported)}.")
-    dataset = apply_split(load_dataset(args.layout, args.data), inspector.bundle.path)
-    result = evaluate_methods(inspector, masked_defects(dataset, args.limit), methods)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if not args.no_store and Path(args.bundle).is_dir():
-        meta = read_meta(inspector.bundle.path)
-        meta.setdefault("metrics", {})["explanations"] = result
-        write_meta(inspector.bundle.path, meta)
-        write_card(inspector.bundle.path)
+    result = explain_into(args.bundle, load_dataset(args.layout, args.data),
+                          args.methods.split(",") if args.methods else None, args.limit, Path(args.json),
+                          store=not args.no_store)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -148,7 +148,7 @@ def _bank(model: PatchCore, patches: np.ndarray, sources: np.ndarray, desc: str)
 
 
 def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 16, category: str | None = None,
-        log=print, defects: list[Sample] | None = None, trunk: Trunk | None = None) -> dict:
+        defects: list[Sample] | None = None, trunk: Trunk | None = None) -> dict:
     """Fit, calibrate and save the detector into `out`; returns the facts written to bundle.json. `trunk` may be
     an already loaded one (the app's)."""
     good = dataset.train_good
@@ -272,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                              short_side=args.short_side, coreset_ratio=args.coreset_ratio,
                              max_bank_size=args.max_bank_size, index=args.index, seed=args.seed)
     start = time.perf_counter()
-    info = fit(dataset, Path(args.out), config, args.batch_size, args.category,
-               log=lambda msg: print(msg, file=sys.stderr), defects=defect_samples(args.defects))
+    info = fit(dataset, Path(args.out), config, args.batch_size, args.category, defects=defect_samples(args.defects))
     fit_facts = info["fit"]
     print(f"fitted PatchCore on {fit_facts['n_images']} images in {time.perf_counter() - start:.1f} s: "
           f"bank {fit_facts['bank_size']} of {fit_facts['n_patches']} patches, "

@@ -19,8 +19,6 @@ from xai.bundle import read_meta, write_meta
 
 EXPLAIN_CASES = 12  # synthetic anomalies the explanation table is measured on
 TRAIN_EPOCHS = 6
-# explanation methods measured on the report card: the fast ones a head enables (the slow ones would take minutes)
-CARD_METHODS = ("anomaly_map", "retrieval", "gradcam", "gradcam_pp", "saliency")
 
 
 def picture_dataset(pictures: list[Path], name: str) -> Dataset:
@@ -36,7 +34,7 @@ def fit_part(pictures: list[Path], out: Path, name: str, trunk, defects: list[Pa
     from training.fit_patchcore import fit
     from xai.patchcore import PatchCoreConfig
 
-    fit(picture_dataset(pictures, name), out, PatchCoreConfig(), category=name, trunk=trunk, log=lambda _: None,
+    fit(picture_dataset(pictures, name), out, PatchCoreConfig(), category=name, trunk=trunk,
         defects=[Sample(Path(p), "defect", True) for p in defects or []])
     return report(read_meta(out))
 
@@ -117,10 +115,11 @@ def measure_explanations(bundle: Path, pictures: list[Path], trunk) -> dict:
     from training.card import write_card
     from training.evaluate_explanations import evaluate_methods
     from xai.bundle import load
+    from xai.explainers import report_card_methods
     from xai.inspector import Inspector
 
     inspector = Inspector(load(bundle), trunk)
-    methods = [m for m in CARD_METHODS if m in inspector.methods()]
+    methods = [m for m in report_card_methods() if m in inspector.methods()]  # the ones its components allow
     table = evaluate_methods(inspector, synthetic_cases(pictures, EXPLAIN_CASES), methods)
     table["data"] = "synthetic anomalies made from the category's own good pictures (exact masks)"
     meta = read_meta(bundle)

@@ -60,6 +60,15 @@ def publish(folder: Path, repo_id: str, revision: str | None = None, private: bo
     return str(getattr(info, "commit_url", info))
 
 
+def dry_run(folder: Path, repo_id: str, revision: str | None = None) -> str:
+    """What `publish` would upload, one line a file and a total; nothing leaves the machine."""
+    files = bundle_files(Path(folder))
+    sizes = [(Path(folder) / rel).stat().st_size for rel in files]
+    lines = [f"{size / 1e6:9.2f} MB  {rel}" for rel, size in zip(files, sizes)]
+    target = repo_id + (f"@{revision}" if revision else "")
+    return "\n".join([*lines, f"dry run: would upload {len(files)} files ({sum(sizes) / 1e6:.1f} MB) to {target}"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", required=True, help="bundle folder")
@@ -71,15 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.bundle)
     if "/" not in args.repo_id or args.repo_id.count("/") != 1:
         raise BundleError(f"--repo-id must look like ORG/NAME, got {args.repo_id!r}.")
-    files = bundle_files(folder)
     if args.dry_run:
-        total = 0
-        for rel in files:
-            size = (folder / rel).stat().st_size
-            total += size
-            print(f"{size / 1e6:9.2f} MB  {rel}")
-        target = args.repo_id + (f"@{args.revision}" if args.revision else "")
-        print(f"dry run: would upload {len(files)} files ({total / 1e6:.1f} MB) to {target}")
+        print(dry_run(folder, args.repo_id, args.revision))
         return 0
     print(publish(folder, args.repo_id, args.revision, args.private))
     return 0

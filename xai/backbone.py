@@ -19,8 +19,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from xai.errors import UserError
 
-class MissingWeightsError(RuntimeError):
+
+class MissingWeightsError(UserError, RuntimeError):
     """The pretrained weights a model needs are not installed; the message says how to get them."""
 
 
@@ -73,11 +75,8 @@ def checkpoint_path(trunk: str = "efficientnet_lite0") -> Path:
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, recorded in bundles as provenance of the trunk weights."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def rename_efficientnet_pytorch_keys(state: dict[str, torch.Tensor], stage_depths: Sequence[int]) -> dict:

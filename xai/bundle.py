@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from xai.errors import UserError
+
 FORMAT_VERSION = 2  # 2: PatchCore keeps the picture's aspect (format-1 detectors still load, square and exact)
 BUNDLE_JSON = "bundle.json"
 
 
-class BundleError(RuntimeError):
+class BundleError(UserError, RuntimeError):
     """A bundle that cannot be found or read; the message names it and says how to fix it."""
 
 

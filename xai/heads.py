@@ -134,11 +134,3 @@ def create_head(config: HeadConfig, imagenet_model: nn.Module | None = None) -> 
     if config.arch == "vit":
         return ViTHead(config)
     raise ValueError(f"unknown head architecture {config.arch!r}: use cnn or vit")
-
-
-def defect_probability(logits: torch.Tensor, normal_index: int | None) -> torch.Tensor:
-    """P(defect) = 1 - P(normal class); with no normal class, the top class's probability is not a defect
-    probability, so the caller must not ask for one."""
-    if normal_index is None:
-        raise ValueError("this bundle has no normal class, so it has no defect probability")
-    return 1.0 - logits.softmax(-1)[:, normal_index]

@@ -15,6 +15,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from xai.errors import UserError
+
 MAX_PIXELS = 40_000_000  # ~ a 6300 x 6300 photo; larger inputs are refused before decoding
 MAX_BYTES = 25 * 1024 * 1024  # files are checked against this before they are read (the app's upload limit)
 MIN_SIDE = 8  # smaller images carry no inspectable detail
@@ -25,7 +27,7 @@ FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
 
-class ImageInputError(ValueError):
+class ImageInputError(UserError, ValueError):
     """An input that cannot be used as an image; the message says why in plain words."""
 
 

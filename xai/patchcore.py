@@ -78,24 +78,19 @@ class PatchCoreConfig:
         return len(self.layers) + (1 if self.colour_window else 0)
 
 
-def gaussian_kernel1d(sigma: float) -> torch.Tensor:
-    """Normalised 1-D Gaussian, truncated at 4 sigma."""
-    radius = max(1, int(math.ceil(4 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
+def blur_radius(sigma: float) -> int:
+    """The smoothing kernel's half-width: the Gaussian truncated at 4 sigma."""
+    return max(1, int(math.ceil(4 * sigma)))
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [B, H, W] maps with reflect padding."""
+    """Gaussian blur of [B, H, W] maps (torchvision's, reflect padding), truncated at 4 sigma."""
+    from torchvision.transforms.v2.functional import gaussian_blur as blur
+
     if sigma <= 0:
         return maps
-    kernel = gaussian_kernel1d(sigma).to(maps)
-    radius = (kernel.numel() - 1) // 2
-    x = maps.unsqueeze(1)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return x.squeeze(1)
+    size = 2 * blur_radius(sigma) + 1
+    return blur(maps.unsqueeze(1), [size, size], [float(sigma), float(sigma)]).squeeze(1)
 
 
 def ring_index(shape: tuple[int, int], rings: int | None = None) -> torch.Tensor:

@@ -29,6 +29,21 @@ METHODS: dict[str, type[Explainer]] = {cls.name: cls for cls in (
 GRADIENT_METHODS = ("gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients")
 
 
+def slow_methods() -> list[str]:
+    """The registered methods that take seconds (many model runs)."""
+    return [name for name, cls in METHODS.items() if cls.slow]
+
+
+def report_card_methods() -> list[str]:
+    """The registered methods every report card measures."""
+    return [name for name, cls in METHODS.items() if cls.report_card]
+
+
+def captions() -> dict[str, str]:
+    """Every registered method's one-line caption."""
+    return {name: cls.caption for name, cls in METHODS.items()}
+
+
 def create_explainer(name: str, context: ExplainContext, **params) -> Explainer:
     """Registry look-up: the explainer called `name` over `context`."""
     if name not in METHODS:
@@ -37,4 +52,4 @@ def create_explainer(name: str, context: ExplainContext, **params) -> Explainer:
 
 
 __all__ = ["METHODS", "GRADIENT_METHODS", "Classifier", "ExplainContext", "Explainer", "Explanation",
-           "create_explainer"]
+           "captions", "create_explainer", "report_card_methods", "slow_methods"]

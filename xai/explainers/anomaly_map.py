@@ -9,6 +9,8 @@ from xai.explainers.base import Explainer
 
 class AnomalyMap(Explainer):
     name = "anomaly_map"
+    caption = "Where this part differs from every good part the detector has seen."
+    report_card = True
     component = "patchcore"
 
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:

@@ -37,6 +37,8 @@ def rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_r
 
 class AttentionRollout(Explainer):
     name = "attention_rollout"
+    caption = "Where the transformer head's summary token looks, through all its layers."
+    report_card = True
     hooks = True
     component = "classifier_vit"
     defaults = {"head_fusion": "mean", "discard_ratio": 0.0}

@@ -102,12 +102,16 @@ class ExplainContext:
 
 
 class Explainer:
-    """Base class: subclasses set `name`, `component`, `defaults` and implement `compute`."""
+    """Base class: subclasses set `name`, their facts (`component`, `caption`, `slow`, `report_card`, `defaults`)
+    and implement `compute`. Everything else (the page, /info, the caps, the report card) reads the facts."""
 
     name: ClassVar[str]
     component: ClassVar[str] = "classifier_cnn"  # the model the method explains
     defaults: ClassVar[dict] = {}
     signed: ClassVar[bool] = False  # whether the heatmap can be negative
+    caption: ClassVar[str] = ""  # what the method answers, in one line (the page and /info show it)
+    slow: ClassVar[bool] = False  # seconds of model runs: the page warns, the door and the caps count it
+    report_card: ClassVar[bool] = False  # measured on every category's report card (the fast methods)
     hooks: ClassVar[bool] = False  # whether the method hooks the head's modules (it then gets its own copy)
 
     def __init__(self, context: ExplainContext, **params: Any):

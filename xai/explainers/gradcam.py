@@ -9,6 +9,8 @@ from xai.explainers.base import Explainer
 
 class GradCAM(Explainer):
     name = "gradcam"
+    caption = "Regions whose features drive the CNN's defect score (coarse, 32 px cells)."
+    report_card = True
     hooks = True
     defaults = {"relu": True}
 

@@ -24,6 +24,8 @@ def gradcam_pp_map(activations: torch.Tensor, gradients: torch.Tensor, eps: floa
 
 class GradCAMPlusPlus(Explainer):
     name = "gradcam_pp"
+    caption = "Like GradCAM, but weighting every positive gradient: better for several defects."
+    report_card = True
     hooks = True
 
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:

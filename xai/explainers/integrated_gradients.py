@@ -23,6 +23,8 @@ def baseline_for(inputs: torch.Tensor, kind: str, seed: int = 0) -> torch.Tensor
 
 class IntegratedGradients(Explainer):
     name = "integrated_gradients"
+    caption = "Each pixel's share of the score gap between this image and a blurred copy."
+    slow = True  # many model runs: seconds
     defaults = {"steps": 32, "baseline": "blur", "batch": 8, "seed": 0}
     signed = True
 

@@ -9,6 +9,8 @@ from xai.explainers.base import ExplainContext, Explainer
 
 class Occlusion(Explainer):
     name = "occlusion"
+    caption = "How much hiding each window (1/7 of the image side) lowers the defect score (slow: many model runs)."
+    slow = True  # many model runs: seconds
     # window/stride None: 1/7 and 1/14 of the input side (32/16 px at 224, 46/23 at 320), so a bundle trained at
     # a larger size gets the same 13 x 13 grid of windows instead of 4x the model runs
     defaults = {"window": None, "stride": None, "batch": 8}

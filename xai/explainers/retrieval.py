@@ -63,6 +63,8 @@ def nearest_good_image(context, inputs: torch.Tensor) -> torch.Tensor:
 
 class Retrieval(Explainer):
     name = "retrieval"
+    caption = "The closest good training images and patches, and how far this one is from them."
+    report_card = True
     component = "patchcore"
     defaults = {"images": 3, "patches": 3}
 

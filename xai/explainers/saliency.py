@@ -9,6 +9,8 @@ from xai.explainers.base import Explainer
 
 class Saliency(Explainer):
     name = "saliency"
+    caption = "Pixels where a small change would move the defect score fastest."
+    report_card = True
 
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:
         from captum.attr import Saliency as CaptumSaliency

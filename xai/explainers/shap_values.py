@@ -17,6 +17,8 @@ from xai.explainers.base import Explainer
 
 class SHAP(Explainer):
     name = "shap"
+    caption = "SHAP values of image regions for the defect probability (slow: 300 model runs)."
+    slow = True  # many model runs: seconds
     defaults = {"evaluations": 300, "masker": "blur(32,32)", "batch": 10, "plot": True}
     signed = True
 

@@ -13,6 +13,8 @@ from xai.explainers.base import Explainer
 
 class SmoothGrad(Explainer):
     name = "smoothgrad"
+    caption = "Saliency averaged over noisy copies: steadier, less speckled."
+    slow = True  # many model runs: seconds
     defaults = {"samples": 25, "noise": 0.3, "batch": 5, "seed": 0}
 
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:
@@ -20,8 +22,9 @@ class SmoothGrad(Explainer):
         from captum.attr import Saliency as CaptumSaliency
 
         p = self.params
-        torch.manual_seed(p["seed"])
-        grads = NoiseTunnel(CaptumSaliency(self.model)).attribute(
-            inputs, nt_type="smoothgrad", nt_samples=p["samples"], nt_samples_batch_size=p["batch"],
-            stdevs=p["noise"], target=target, abs=True)
+        with torch.random.fork_rng(devices=[]):  # seeded noise; the process's generator is left as it was
+            torch.manual_seed(p["seed"])
+            grads = NoiseTunnel(CaptumSaliency(self.model)).attribute(
+                inputs, nt_type="smoothgrad", nt_samples=p["samples"], nt_samples_batch_size=p["batch"],
+                stdevs=p["noise"], target=target, abs=True)
         return {"heatmap": grads.amax(dim=1), "attribution": grads}

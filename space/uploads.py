@@ -13,12 +13,13 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from xai.errors import UserError
 from xai.io import MAX_BYTES
 
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
-class UploadError(ValueError):
+class UploadError(UserError, ValueError):
     """Files that cannot make a category; the message says which limit or file, in plain words."""
 
 

@@ -25,12 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xai.errors import UserError
+
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16): 128 random bits
 BUNDLE, PICTURES = "bundle", "pictures"
 GONE_REMEMBERED = 10_000  # ids whose category went, kept to say why (a bounded record)
 
 
-class CategoryGone(ValueError):
+class CategoryGone(UserError, ValueError):
     """A category id that is not (or no longer) held; the message says which and what to do."""
 
 
@@ -195,10 +197,6 @@ class CategoryStore:
                                       zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
         os.replace(partial, target)
         return str(target)
-
-    def sweep(self) -> None:
-        with self._lock:
-            self._sweep(self.clock())
 
     # -- internals -------------------------------------------------------------------------------
     def _reload(self, cid: str, now: float) -> Category:

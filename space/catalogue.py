@@ -1,5 +1,5 @@
-"""What the Space serves, without Gradio: the categories loaded from DEFECT_XAI_BUNDLES, and detect / explain /
-info as images plus JSON. app.py only wires these to components and endpoints.
+"""What the Space serves, without Gradio: the categories loaded from the configured bundles, and detect / explain
+/ info as images plus JSON. The handlers only wire these to components and endpoints.
 
 A source that fails to load is kept with its reason, so the page and /info name it while the other
 categories keep working; nothing is substituted for it.
@@ -8,43 +8,26 @@ categories keep working; nothing is substituted for it.
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import re
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from space.categories import ID_PATTERN, CategoryLimits, CategoryStore
+from space.render import evidence, overlay
 from xai.backbone import MissingWeightsError
 from xai.bundle import BundleError, load
-from xai.categories import ID_PATTERN, CategoryStore
-from xai.explainers import METHODS
+from xai.errors import UserError, redact
+from xai.explainers import METHODS, captions, slow_methods
 from xai.inspector import Inspector
 from xai.io import ImageSource, load_image
 from xai.metrics import EXPLANATION_METRICS
-from xai.render import evidence, overlay
 
 MAX_OVERLAY_SIDE = 512  # returned pictures: enough to see the defect, small enough to travel fast
 
-# The project's published bundles, pinned to a revision: a later push to the repos never changes what a running
-# Space serves. Publish a new release with `training.publish --revision v2` and raise the pin here.
-DEFAULT_REVISION = "v1"
-DEFAULT_BUNDLES = f"defect-xai/mvtec-bottle@{DEFAULT_REVISION},defect-xai/elpv-solar-cells@{DEFAULT_REVISION}"
-CAPTIONS = {
-    "anomaly_map": "Where this part differs from every good part the detector has seen.",
-    "retrieval": "The closest good training images and patches, and how far this one is from them.",
-    "gradcam": "Regions whose features drive the CNN's defect score (coarse, 32 px cells).",
-    "gradcam_pp": "Like GradCAM, but weighting every positive gradient: better for several defects.",
-    "saliency": "Pixels where a small change would move the defect score fastest.",
-    "smoothgrad": "Saliency averaged over noisy copies: steadier, less speckled.",
-    "integrated_gradients": "Each pixel's share of the score gap between this image and a blurred copy.",
-    "attention_rollout": "Where the transformer head's summary token looks, through all its layers.",
-    "occlusion": "How much hiding each window (1/7 of the image side) lowers the defect score (slow: many model runs).",
-    "shap": "SHAP values of image regions for the defect probability (slow: 300 model runs).",
-}
-SLOW_METHODS = ("smoothgrad", "integrated_gradients", "occlusion", "shap")  # seconds each: many model runs
 MAX_METHODS = 6  # explanation methods in one page request (each at most once) ...
 MAX_SLOW = 2  # ... of which slow ones
 DETECTION_COLUMNS = ["component", "image_auroc", "pixel_auroc", "aupro", "f1", "accuracy", "ms_per_image"]
@@ -53,23 +36,26 @@ LOG = logging.getLogger("defect_xai")
 RANDOMISATION_LIMIT = 0.5  # a map that stays this similar when the weights are random does not explain the model
 
 
-class ServiceError(ValueError):
+class ServiceError(UserError, ValueError):
     """A request the service cannot answer; the message is meant for the person or script that sent it."""
 
 
-@dataclass
 class Catalogue:
-    """Categories by name, plus the sources that failed and why."""
+    """Categories by name, the sources that failed and why, and the categories made at run time (`made`, by id).
+    One trunk in memory per trunk name, shared by every category built on it."""
 
-    inspectors: dict[str, Inspector] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-    made: CategoryStore | None = None  # categories made at run time (/fit), by id
+    def __init__(self, categories: CategoryLimits | None = None, category_dir: str | Path | None = None):
+        self.inspectors: dict[str, Inspector] = {}
+        self.failures: dict[str, str] = {}
+        self.made = CategoryStore(categories, category_dir, load=self.load_bundle)
+        self._trunks: dict[str, object] = {}  # trunk name -> the one loaded
+        self._trunk_lock = threading.Lock()
 
     @classmethod
-    def from_sources(cls, sources: str | None = None) -> Catalogue:
+    def from_sources(cls, sources: str, categories: CategoryLimits | None = None,
+                     category_dir: str | Path | None = None) -> Catalogue:
         """Load every comma-separated source (folder or Hub repo id) once; a failure is recorded, not raised."""
-        sources = sources if sources is not None else os.environ.get("DEFECT_XAI_BUNDLES", DEFAULT_BUNDLES)
-        catalogue = cls()
+        catalogue = cls(categories, category_dir)
         for source in [s.strip() for s in sources.split(",") if s.strip()]:
             try:
                 catalogue.add_source(source)
@@ -81,19 +67,27 @@ class Catalogue:
 
     def add_source(self, source: str, name: str | None = None) -> str:
         """Load one source (at start, or while the app serves: a category built in the background) and return its
-        name. It shares the trunk of a loaded category built on the same one (one trunk in memory per name). The
-        dict is replaced, not changed, so a request iterating the old one is never disturbed."""
-        bundle = load(source)
-        inspector = Inspector(bundle, self.loaded_trunk(bundle.trunk_name))
-        name = name or bundle.category
+        name. The dict is replaced, not changed, so a request iterating the old one is never disturbed."""
+        inspector = self.load_bundle(source)
+        name = name or inspector.bundle.category
         if name in self.inspectors:
             name = f"{name} ({source})"
         self.inspectors = {**self.inspectors, name: inspector}
         return name
 
-    def loaded_trunk(self, name: str):
-        """The trunk called `name` that a loaded category already holds (one in memory per name), or None."""
-        return next((ins.trunk for ins in self.inspectors.values() if ins.trunk.name == name), None)
+    def load_bundle(self, source: str | Path) -> Inspector:
+        """An inspector over the bundle at `source`, on the shared trunk of its name."""
+        bundle = load(source)
+        return Inspector(bundle, self.trunk(bundle.trunk_name))
+
+    def trunk(self, name: str):
+        """The trunk called `name`, loaded once and shared by every category built on it."""
+        from xai.backbone import create_trunk
+
+        with self._trunk_lock:
+            if name not in self._trunks:
+                self._trunks[name] = create_trunk(name)
+            return self._trunks[name]
 
     @property
     def categories(self) -> list[str]:
@@ -103,11 +97,10 @@ class Catalogue:
         """(label, value) for a category list: the server's categories, the shared ones made at run time (with
         DEFECT_XAI_CATEGORY_DIR), and the caller's own (`own` ids) that are still held."""
         found = [(name, name) for name in self.inspectors]
-        if self.made is not None:
-            shared = self.made.shared()
-            found += [(f"{name} (made here)", cid) for cid, name in shared.items()]
-            held = {c.id: c for c in self.made.held()}
-            found += [(f"{held[cid].name} (yours)", cid) for cid in own or [] if cid in held and cid not in shared]
+        shared = self.made.shared()
+        found += [(f"{name} (made here)", cid) for cid, name in shared.items()]
+        held = {c.id: c for c in self.made.held()}
+        found += [(f"{held[cid].name} (yours)", cid) for cid in own or [] if cid in held and cid not in shared]
         return found
 
     def examples(self) -> list[list[str]]:
@@ -115,7 +108,7 @@ class Catalogue:
         return [[str(path), name] for name, ins in self.inspectors.items() for path, _ in ins.bundle.examples()]
 
     def get(self, category: str | None) -> Inspector:
-        if isinstance(category, str) and category not in self.inspectors and self.made is not None \
+        if isinstance(category, str) and category not in self.inspectors \
                 and (ID_PATTERN.fullmatch(category) or category in self.made):
             return self.made.get(category).inspector
         if not self.inspectors:
@@ -167,9 +160,9 @@ class Catalogue:
                 inputs[component] = inspector.model_input(picture, component)
             exp = inspector.explain_input(inputs[component], method)
             heat = np.abs(exp.heatmap) if METHODS[method].signed else exp.heatmap  # show evidence either way
-            panels.append((overlay(shown, heat), f"{method} · {exp.ms:.0f} ms — {CAPTIONS.get(method, '')}"))
+            panels.append((overlay(shown, heat), f"{method} · {exp.ms:.0f} ms — {METHODS[method].caption}"))
             supporting += evidence(exp, shown, inspector.bundle.path)
-            payloads[method] = {"category": inspector.bundle.category, "caption": CAPTIONS.get(method, ""),
+            payloads[method] = {"category": inspector.bundle.category, "caption": METHODS[method].caption,
                                 **exp.to_json()}
         return panels, supporting, payloads
 
@@ -184,8 +177,9 @@ class Catalogue:
             raise ServiceError("Pick at least one explanation method.")
         if len(unique) > MAX_METHODS:
             raise ServiceError(f"Pick at most {MAX_METHODS} explanation methods at once.")
-        if sum(m in SLOW_METHODS for m in unique) > MAX_SLOW:
-            raise ServiceError(f"Pick at most {MAX_SLOW} of the slow methods ({', '.join(SLOW_METHODS)}) at once.")
+        slow = slow_methods()
+        if sum(m in slow for m in unique) > MAX_SLOW:
+            raise ServiceError(f"Pick at most {MAX_SLOW} of the slow methods ({', '.join(slow)}) at once.")
         return unique
 
     @staticmethod
@@ -199,7 +193,7 @@ class Catalogue:
         explanation quality per method. Empty tables when the bundle has not been evaluated."""
         try:
             metrics = self.get(category).bundle.meta.get("metrics", {})
-        except ValueError:  # no category, an unknown one, or one made here that has gone
+        except UserError:  # no category, an unknown one, or one made here that has gone
             metrics = {}
         detection = [[name, *(m.get(k) for k in DETECTION_COLUMNS[1:])]
                      for name, m in metrics.items() if isinstance(m, dict) and "image_auroc" in m]
@@ -228,18 +222,10 @@ class Catalogue:
                                   "metrics": ins.bundle.meta.get("metrics", {})}
                            for name, ins in self.inspectors.items()},
             "failed": self.public_failures(),
-            "shared_categories": self.made.shared() if self.made is not None else {},
-            "methods": {name: CAPTIONS.get(name, "") for name in METHODS},
+            "shared_categories": self.made.shared(),
+            "methods": captions(),
             "versions": {"defect_xai": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"(),;:]+/)*([^\s'\"(),;:/]+)")
-
-
-def redact(text: str) -> str:
-    """`text` with every absolute path cut to its last part ("/srv/bundles/x/bundle.json" -> "bundle.json")."""
-    return _ABSOLUTE_PATH.sub(lambda m: m.group(1), text)
 
 
 def public_source(source: str) -> str:
@@ -255,7 +241,8 @@ def _sanity(similarity: float | None) -> str:
 
 def _shrink(picture: Image.Image) -> Image.Image:
     """The picture at most MAX_OVERLAY_SIDE on its longer side (aspect kept)."""
-    scale = MAX_OVERLAY_SIDE / max(picture.size)
-    if scale >= 1:
+    if max(picture.size) <= MAX_OVERLAY_SIDE:
         return picture
-    return picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.BILINEAR)
+    shrunk = picture.copy()
+    shrunk.thumbnail((MAX_OVERLAY_SIDE, MAX_OVERLAY_SIDE), Image.BILINEAR)
+    return shrunk

@@ -128,3 +128,14 @@ def part_card_markdown(fitted: dict) -> str:
         lines.append(f"Training the explainable classifier on these pictures should take about "
                      f"{fitted['train_estimate_s']:.0f} s.")
     return "\n".join(lines)
+
+
+def build_markdown(build) -> str:
+    """The status of the default category being built here (training.defaults.BackgroundBuild), for the page."""
+    if build.done and not build.failed:
+        return "**solar-cells (built here)** is ready: built on this machine from the elpv-dataset package."
+    head = ("The published bundles could not be fetched, so this app is building the solar-cell category with "
+            "its own training code from the elpv-dataset package (a few minutes). ")
+    if build.failed:
+        return head + "**The build failed** (see the server log); the rest of the app works."
+    return head + f"**Now: {build.status}.** It appears in the category list when ready, named *(built here)*."

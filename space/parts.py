@@ -4,21 +4,26 @@ fitted and trained by the training package's own code (training.part), in a low-
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-from xai.categories import BUNDLE, PICTURES
-from xai.uploads import gather
+from space.categories import BUNDLE, PICTURES
+from space.lowpriority import run_low_priority
+from space.uploads import gather
+from training.cli import Cancelled, run_errors, stop_when
+from training.part import fit_part, train_part, training_estimate_s
+from training.publish import publish
+from xai.errors import UserError
 
 LOG = logging.getLogger("defect_xai")
 MAX_NAME = 60
 TRUNK = "efficientnet_lite0"  # the trunk new categories are fitted on (PatchCoreConfig's default)
 
 
-class PartError(ValueError):
+class PartError(UserError, ValueError):
     """A /fit or /train_classifier request that cannot be done; the message is for whoever sent it."""
 
 
@@ -35,36 +40,20 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 class Parts:
-    """Makes and trains the categories of `catalogue.made` (an xai.categories.CategoryStore)."""
+    """Makes and trains the categories of `catalogue.made`, and cancels a training on request."""
 
     def __init__(self, catalogue):
-        if catalogue.made is None:
-            raise ValueError("the catalogue has no category store")
         self.catalogue = catalogue
         self.store = catalogue.made
-        self._trunk = None
+        self._stops: dict[str, threading.Event] = {}  # category id -> cancel flag of its classifier training
         self._lock = threading.Lock()
 
     def trunk(self):
-        """The loaded categories' trunk (one in memory), or a new one when none is loaded."""
-        from xai.backbone import create_trunk
-
-        with self._lock:
-            if self._trunk is None:
-                self._trunk = self.catalogue.loaded_trunk(TRUNK) or create_trunk(TRUNK)
-            return self._trunk
-
-    def load(self, bundle: Path):
-        from xai.bundle import load
-        from xai.inspector import Inspector
-
-        return Inspector(load(bundle), self.trunk())
+        """The trunk new categories are fitted on (the one the catalogue shares)."""
+        return self.catalogue.trunk(TRUNK)
 
     def fit(self, files, name, caller: str, defects=None) -> dict:
         """A new category from good pictures (and optionally a few defective ones): the /fit JSON."""
-        from training.cli import run_errors
-        from training.part import fit_part, training_estimate_s
-        from xai.lowpriority import run_low_priority
 
         name = clean_name(name)
         limits = self.store.limits
@@ -76,7 +65,7 @@ class Parts:
             bad = gather(defects, folder / "defects", limits.max_defects, left, "defective pictures") if defects else []
             with run_errors(PartError):
                 card = run_low_priority(fit_part, pictures, folder / BUNDLE, name, self.trunk(), bad)
-            category = self.store.add(cid, name, caller, self.load(folder / BUNDLE))
+            category = self.store.add(cid, name, caller, self.catalogue.load_bundle(folder / BUNDLE))
         except BaseException:
             self.store.discard(folder)
             raise
@@ -88,15 +77,29 @@ class Parts:
                 "report": card, "expires_at": _iso(category.expires_at),
                 "train_estimate_s": training_estimate_s(meta["fit"]["features_s"])}
 
-    def train(self, cid, cancel: threading.Event | None = None) -> dict:
+    def train(self, cid) -> dict:
         """Train the CNN head of category `cid` on its pictures, then its explanation table: the new report card.
-        `cancel` stops it between two steps (the category keeps what it had)."""
-        from training.cli import Cancelled, run_errors, stop_when
-        from training.part import train_part
-        from xai.lowpriority import run_low_priority
-
+        `cancel(cid)` stops it between two steps (the category keeps what it had)."""
         if not isinstance(cid, str):
             raise PartError("The category must be the id that /fit returned.")
+        with self._lock:
+            if cid in self._stops:
+                raise PartError("That category's classifier is already training.")
+            self._stops[cid] = threading.Event()
+        try:
+            return self._train(cid, self._stops[cid])
+        finally:
+            with self._lock:
+                self._stops.pop(cid, None)
+
+    def cancel(self, cid) -> bool:
+        """Ask the training of `cid` to stop at its next step; False when none is running."""
+        flag = self._stops.get(cid) if isinstance(cid, str) else None
+        if flag is not None:
+            flag.set()
+        return flag is not None
+
+    def _train(self, cid: str, cancel: threading.Event) -> dict:
         category = self.store.get(cid)
         pictures = sorted((category.folder / PICTURES).glob("*"))
         if not pictures:
@@ -109,9 +112,9 @@ class Parts:
             shutil.rmtree(work, ignore_errors=True)
             shutil.copytree(category.bundle, work)
             try:
-                with stop_when(cancel or threading.Event()), run_errors(PartError):
+                with stop_when(cancel), run_errors(PartError):
                     card = run_low_priority(train_part, work, pictures, category.name, self.trunk())
-                inspector = self.load(work)
+                inspector = self.catalogue.load_bundle(work)
                 with self.store.locked():
                     shutil.rmtree(category.bundle)
                     work.rename(category.bundle)
@@ -127,11 +130,6 @@ class Parts:
     def publish(self, cid: str, repo: str, token: str | None) -> str:
         """Upload category `cid`'s bundle to `<the token's user>/<repo>` with training.publish; Markdown for the
         page. The token is used for this call only and kept nowhere."""
-        import re
-
-        from training.cli import run_errors
-        from training.publish import publish
-
         if not token:
             raise PartError("Sign in with Hugging Face first (the button above; on a Hugging Face Space only).")
         if not isinstance(repo, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", repo.strip()):

@@ -8,14 +8,17 @@ changes under a reader, and Gradio copies a returned path into its cache the sam
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 from PIL import Image
 
+LOG = logging.getLogger("defect_xai")
 FORMATS = {"jpeg": ("JPEG", {"quality": 90}), "png": ("PNG", {"compress_level": 1}), "webp": ("WEBP", {})}
 
 
@@ -51,4 +54,46 @@ class OutputFolder:
                     gone += 1
             except FileNotFoundError:  # another request pruned it first
                 continue
+        return gone
+
+
+class CacheSweeper:
+    """Deletes files older than `age_s` under `folders` every `every_s` seconds, in a daemon thread: every
+    upload and every returned picture lands in Gradio's cache and nothing else removes it. (Gradio's own
+    delete_cache iterates a set that requests are adding to, and its task dies at the first collision:
+    "Set changed size during iteration", seen in the soak run.)"""
+
+    def __init__(self, folders: list[str | os.PathLike], every_s: float, age_s: float):
+        self.folders, self.every_s, self.age_s = [Path(f) for f in folders], every_s, age_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cache-sweeper", daemon=True)
+
+    def start(self) -> CacheSweeper:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.sweep()
+            except Exception:  # never let a sweep failure stop the next one
+                LOG.exception("cache sweep failed")
+
+    def sweep(self) -> int:
+        """Delete what is older than age_s (and folders left empty); returns how many files went."""
+        cutoff = time.time() - self.age_s
+        gone = 0
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                try:
+                    if path.is_file() or path.is_symlink():
+                        if path.lstat().st_mtime < cutoff:
+                            path.unlink()
+                            gone += 1
+                    elif path.is_dir() and not any(path.iterdir()) and path.stat().st_mtime < cutoff:
+                        path.rmdir()
+                except (FileNotFoundError, OSError):
+                    continue
         return gone

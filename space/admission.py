@@ -1,0 +1,297 @@
+"""The one door: every event of the Space, public or private, is admitted or refused here as it *joins* the
+queue, by one table (event -> class -> rule), before Gradio parses the request or spends a queue place on it.
+
+Why at the join and not when a job starts: checks made when a job starts let one caller fill the shared queue
+with junk that waits behind a long job (measured: 24 threads sending /info for 20 s made another visitor's /detect
+answer "Queue is full" 9 times in 14), and a request body is held in memory from the join until its job ends
+(30 queued requests of 50 MB each held ~3 GB). So the door caps, per request, the body's size; per caller and event
+class, the jobs queued or running and a token-bucket rate; and per caller, a share of the whole queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from xai.errors import UserError
+
+ONLY_UPLOADS = ("Only files uploaded to this server are accepted: send the picture itself (gradio_client: "
+                "handle_file with a local path), not a URL or a server path.")
+
+
+class Refused(UserError):
+    """A request the door turns away; the message says why and when to try again."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one event class may cost (configs as data)."""
+
+    concurrency: int  # jobs of the class running at once, in all (Gradio's concurrency limit)
+    per_caller: int | None  # jobs of the class one caller may have queued or running (None: not counted)
+    burst: int  # jobs one caller may start at once ...
+    every_s: float  # ... then one every this many seconds (token bucket)
+    waiting: int | None = None  # jobs of the class waiting in all (None: only the queue's size bounds it)
+    forget_s: float = 120.0  # a queued job that never starts (its caller left) stops counting after this
+
+
+RULES: dict[str, Rule] = {
+    # detect: a burst holds others back by burst x a detect's cost (~0.1-0.2 s at the 320 view)
+    "detect": Rule(concurrency=4, per_caller=4, burst=15, every_s=0.25),
+    # explanations: SHAP and occlusion take seconds to tens of seconds of the one explanation worker
+    "explain": Rule(concurrency=1, per_caller=2, burst=6, every_s=10.0, forget_s=600.0),
+    # page bookkeeping and /info: cheap, but one caller still gets a few at a time
+    "info": Rule(concurrency=8, per_caller=4, burst=60, every_s=0.1),
+    # fits and classifier trainings share the one heavy slot
+    "fit": Rule(concurrency=1, per_caller=1, burst=4, every_s=60.0, waiting=8, forget_s=1800.0),
+    # a category's bundle as a zip (seconds), and publishing it to the Hub (seconds of upload)
+    "download": Rule(concurrency=2, per_caller=1, burst=6, every_s=10.0, forget_s=600.0),
+    "publish": Rule(concurrency=1, per_caller=1, burst=6, every_s=10.0, forget_s=600.0),
+    # Gradio's own events (an example's inputs filled in): no job of ours, a rate only
+    "internal": Rule(concurrency=8, per_caller=None, burst=30, every_s=0.2),
+}
+INTERNAL = "gradio_internal"  # the event name the door gives every event that is not one of the Space's
+CALL_ROUTE = re.compile(r"/call/(?:v2/)?([^/]+)$")  # Gradio's REST API: POST /gradio_api/call/<api_name>
+
+# Every event of the Space (api_name) and its class; an event missing here is refused (tests check the page's).
+EVENTS: dict[str, str] = {
+    "detect": "detect", "ui_detect": "detect",
+    "explain": "explain", "ui_explain": "explain", "ui_download": "download",
+    "info": "info", "ui_category": "info", "ui_cancel": "info", "ui_build_status": "info",
+    "fit": "fit", "ui_fit": "fit", "train_classifier": "fit", "ui_train": "fit",
+    "ui_publish": "publish", INTERNAL: "internal",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The door's table and its global caps; `relaxed` gives tests and benchmarks (many clients from one
+    address) higher limits for some classes."""
+
+    rules: Mapping[str, Rule] = field(default_factory=lambda: dict(RULES))
+    caller_share: int = 16  # jobs of all classes one caller may have queued or running (a share of queue_size)
+    queue_size: int = 256  # jobs queued in all (Gradio's max_size)
+    body_bytes: int = 1 << 20  # a request's body (uploads go to their own route, capped by max_file_size)
+
+    def relaxed(self, **classes: dict) -> Limits:
+        """These limits with some fields of some classes changed: relaxed(detect={"burst": 1000})."""
+        return replace(self, rules={**self.rules, **{name: replace(self.rules[name], **changes)
+                                                     for name, changes in classes.items()}})
+
+    def rule(self, event: str) -> Rule:
+        return self.rules[EVENTS[event]]
+
+
+def caller_key(host: str | None, headers: Mapping[str, str], behind_proxy: bool) -> str:
+    """Who is calling, for per-caller limits. On a Hugging Face Space the rightmost x-forwarded-for entry, which
+    the Space's proxy appends and a client cannot forge; elsewhere the socket's peer, since any client can send
+    that header. Never the session hash, which the client chooses."""
+    if behind_proxy:
+        hops = [h.strip() for h in headers.get("x-forwarded-for", "").split(",") if h.strip()]
+        if hops:
+            return hops[-1]
+    return host or "unknown"
+
+
+class CallerRate:
+    """A token bucket per caller: `burst` requests at once, then one every `every_s` seconds."""
+
+    def __init__(self, burst: int, every_s: float, clock: Callable[[], float] = time.monotonic):
+        self.burst, self.every_s, self.clock = burst, every_s, clock
+        self._tokens: dict[str, tuple[float, float]] = {}  # caller -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> None:
+        """Spend one token of `key`'s bucket, or raise Refused saying when the next one comes."""
+        with self._lock:
+            now = self.clock()
+            tokens, when = self._tokens.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - when) / self.every_s)
+            if tokens < 1.0:
+                wait = (1.0 - tokens) * self.every_s
+                raise Refused(f"Too many requests of this kind from you; try again in {wait:.0f} s.")
+            self._tokens[key] = (tokens - 1.0, now)
+            if len(self._tokens) > 10_000:  # forget callers whose bucket has refilled
+                full = [k for k, (t, w) in self._tokens.items() if t + (now - w) / self.every_s >= self.burst]
+                for k in full:
+                    del self._tokens[k]
+
+
+class Door:
+    """Admission bookkeeping: `admit` at the join (counts the job as queued), `running` around the job itself
+    (turns it into a running one, and forgets it when it ends). Thread-safe."""
+
+    def __init__(self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic):
+        self.limits = limits or Limits()
+        self.clock = clock
+        self._rates = {name: CallerRate(rule.burst, rule.every_s, clock) for name, rule in self.limits.rules.items()}
+        self._queued: dict[tuple[str, str], list[float]] = defaultdict(list)  # (caller, class) -> join times
+        self._running: dict[tuple[str, str], int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def admit(self, caller: str, event: str | None) -> None:
+        """Let one job of `event` join for `caller`, or raise Refused with the reason."""
+        if event not in EVENTS:
+            raise Refused("This server has no such event.")
+        cls = EVENTS[event]
+        rule = self.limits.rules[cls]
+        with self._lock:
+            self._forget_stale()
+            if rule.per_caller is None:  # not one of our jobs: nothing to count, only the rate
+                self._rates[cls].take(caller)
+                return
+            mine = len(self._queued.get((caller, cls), ())) + self._running.get((caller, cls), 0)
+            if mine >= rule.per_caller:
+                raise Refused(_busy(cls, rule.per_caller))
+            if self._pending(caller) >= self.limits.caller_share:
+                raise Refused("You have too many requests waiting or running; wait for some to finish.")
+            waiting = sum(len(v) for k, v in self._queued.items() if k[1] == cls)
+            if rule.waiting is not None and waiting >= rule.waiting:
+                raise Refused(f"{waiting} requests of this kind are waiting already; try again in a few minutes.")
+            self._rates[cls].take(caller)
+            self._queued[(caller, cls)].append(self.clock())
+
+    @contextmanager
+    def running(self, caller: str, event: str) -> Iterator[None]:
+        """The job of `caller` that joined as `event` runs for the duration of the block."""
+        key = (caller, EVENTS[event])
+        with self._lock:
+            if self._queued.get(key):
+                self._queued[key].pop(0)
+            self._running[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[key] -= 1
+                if not self._running[key]:
+                    del self._running[key]
+                if key in self._queued and not self._queued[key]:
+                    del self._queued[key]
+
+    def pending(self, caller: str) -> int:
+        """Jobs of `caller` queued or running, all classes."""
+        with self._lock:
+            return self._pending(caller)
+
+    def _pending(self, caller: str) -> int:
+        return sum(len(v) for k, v in self._queued.items() if k[0] == caller) + \
+            sum(n for k, n in self._running.items() if k[0] == caller)
+
+    def _forget_stale(self) -> None:
+        now = self.clock()
+        for key in list(self._queued):
+            forget = self.limits.rules[key[1]].forget_s
+            self._queued[key] = [t for t in self._queued[key] if now - t < forget]
+            if not self._queued[key]:
+                del self._queued[key]
+
+
+def _busy(cls: str, n: int) -> str:
+    if cls == "fit":
+        return "You already have a fit or training queued or running; wait for it to finish."
+    return f"You already have {n} request(s) of this kind queued or running; wait for them to finish."
+
+
+class AdmissionMiddleware:
+    """ASGI middleware in front of Gradio's routes: refuses a body over `body_bytes` (uploads excepted: Gradio
+    caps them file by file as they stream) before it is read, and sends every queue join through the door.
+    A refusal is answered the way Gradio answers a failed validator (422), so gradio_client raises it with the
+    message and the page shows it."""
+
+    def __init__(self, app, door: Door, event_of: Callable[[int | None], str | None], behind_proxy: bool,
+                 upload_root: str):
+        self.app, self.door, self.event_of, self.behind_proxy = app, door, event_of, behind_proxy
+        self.upload_root = Path(upload_root).resolve()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].rstrip("/").endswith("/upload") \
+                or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        limit = self.door.limits.body_bytes
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return await _answer(send, 413, f"A request may carry at most {limit // 1024} KB.")
+        body = b""
+        more = True
+        while more:  # read it all, but never more than the cap (a chunked body has no length up front)
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await _answer(send, 413, f"A request may carry at most {limit // 1024} KB.")
+        event = self._event(scope["path"], body)
+        if event is not None:
+            host = (scope.get("client") or (None,))[0]
+            try:
+                self.uploads_only(body)
+                self.door.admit(caller_key(host, headers, self.behind_proxy), event)
+            except Refused as refusal:
+                return await _answer(send, 422, [{"__type__": "validate", "is_valid": False,
+                                                  "message": str(refusal), "parameter_name": "request"}])
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+    def uploads_only(self, body: bytes) -> None:
+        """Refuse a job whose file arguments are not files uploaded here (a URL, a data: URL, a server path):
+        Gradio would download or copy them, or answer with its own message naming the server's folders."""
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            return  # not JSON: Gradio answers it
+        stack = [data]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                path = item.get("path")
+                if isinstance(path, str) and not self._uploaded(path):
+                    raise Refused(ONLY_UPLOADS)
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+
+    def _uploaded(self, path: str) -> bool:
+        if "://" in path or path.startswith("data:"):
+            return False
+        return Path(os.path.abspath(path)).resolve().is_relative_to(self.upload_root)
+
+    def _event(self, path: str, body: bytes) -> str | None:
+        """The event a request joins the queue for (None: not a join). The page joins with a function index in
+        the body; a script's POST /call/<api_name> (Gradio's simple REST API) names it in the path."""
+        path = path.rstrip("/")
+        if path.endswith("/queue/join"):
+            try:
+                fn_index = json.loads(body or b"{}").get("fn_index")
+            except (ValueError, AttributeError):
+                fn_index = None
+            return self.event_of(fn_index)
+        named = CALL_ROUTE.search(path)
+        return None if named is None else (named.group(1) if named.group(1) in EVENTS else INTERNAL)
+
+
+async def _answer(send, status: int, detail) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,206 @@
+"""The Space's event functions, public and private, on one object given its dependencies when it is made.
+
+Every handler answers a failure the same way: a `UserError`'s text reaches the caller; anything else is logged with
+its trace under a short id, and the caller gets one line with that id (nothing of its text or paths). What a
+handler may cost is the door's business (`space.admission`), before it runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import uuid
+from collections.abc import Callable
+
+import gradio as gr
+
+from space.admission import caller_key
+from space.catalogue import DETECTION_COLUMNS, QUALITY_COLUMNS, Catalogue, ServiceError
+from space.outputs import OutputFolder
+from space.parts import Parts
+from space.render import build_markdown, explanations_markdown, part_card_markdown, verdict_markdown
+from space.settings import Settings
+from xai.errors import UserError
+from xai.explainers import captions, slow_methods
+from xai.io import ImageInputError
+
+LOG = logging.getLogger("defect_xai")
+QUICK_METHODS = 3  # methods ticked when a category is chosen: its first fast ones
+
+
+def handler(event: str) -> Callable:
+    """Method decorator: the handler of `event` (its api_name, which the door's table classes); its failures reach
+    the caller as described above. Keeps the signature: Gradio reads it for gr.Request and gr.Progress."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def wrapped(self: Handlers, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except gr.Error:
+                raise
+            except UserError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            except Exception:
+                error_id = uuid.uuid4().hex[:8]
+                LOG.exception("request failed [%s] in %s", error_id, fn.__name__)
+                raise gr.Error(f"Something went wrong on the server (error id {error_id}); the request was not "
+                               "completed. Please try again or report the id.", print_exception=False) from None
+        wrapped.event = event
+        return wrapped
+    return wrap
+
+
+def request_caller(request: gr.Request | None, behind_proxy: bool) -> str:
+    """The caller key of a Gradio request (see space.admission.caller_key); "local" for an in-process call."""
+    if request is None:
+        return "local"
+    host = getattr(getattr(request, "client", None), "host", None)
+    return caller_key(host, {k.lower(): v for k, v in (request.headers or {}).items()}, behind_proxy)
+
+
+def _paths(files) -> list[str]:
+    if not files:
+        raise ServiceError("No pictures were sent.")
+    return [_path(f) for f in (files if isinstance(files, list) else [files])]
+
+
+def _path(file) -> str:
+    if file is None:
+        raise ImageInputError("No image was sent.")
+    return file if isinstance(file, str) else getattr(file, "name", str(file))
+
+
+class Handlers:
+    """What each event does: the service's answer, saved pictures, and the page's updates."""
+
+    def __init__(self, catalogue: Catalogue, parts: Parts, outputs: OutputFolder, settings: Settings, build=None):
+        self.catalogue, self.parts, self.outputs = catalogue, parts, outputs
+        self.settings, self.build = settings, build
+
+    def caller(self, request: gr.Request | None) -> str:
+        """The caller's key (the owner of what they make), as the door computed it when the job joined."""
+        return request_caller(request, self.settings.behind_proxy)
+
+    # -- what the page shows for a category ------------------------------------------------------
+    def methods_for(self, category: str | None) -> list[str]:
+        try:
+            return self.catalogue.get(category).methods()
+        except UserError:  # none, an unknown one, or one made here that has gone
+            return []
+
+    def quick(self, category: str | None) -> list[str]:
+        slow = slow_methods()
+        return [m for m in self.methods_for(category) if m not in slow][:QUICK_METHODS]
+
+    def card(self, category: str | None) -> tuple[gr.Dataframe, gr.Dataframe]:
+        detection, quality = self.catalogue.report_card(category) if self.catalogue.categories else ([], [])
+        return (gr.Dataframe(value=detection, headers=DETECTION_COLUMNS),
+                gr.Dataframe(value=quality, headers=QUALITY_COLUMNS))
+
+    def method_choices(self, category: str | None) -> gr.CheckboxGroup:
+        return gr.CheckboxGroup(choices=self.methods_for(category), value=self.quick(category))
+
+    # -- public API --------------------------------------------------------------------------------
+    @handler("detect")
+    def detect(self, image, category, request: gr.Request = None):
+        """Verdict and anomaly-map overlay for one image of a part."""
+        picture, payload = self.catalogue.detect(_path(image), category)
+        return self.outputs.save(picture, "jpeg"), payload
+
+    @handler("explain")
+    def explain(self, image, category, method, progress=gr.Progress(), request: gr.Request = None):
+        """One explanation method's overlay and its JSON."""
+        if not isinstance(method, str):
+            raise ServiceError("The method must be one method name.")
+        if method in slow_methods():
+            progress(0, desc=f"{method}: running the model many times ...")
+        picture, payload = self.catalogue.explain(_path(image), category, method)
+        return self.outputs.save(picture), payload
+
+    @handler("info")
+    def info(self, request: gr.Request = None):
+        """Categories with provenance and metrics, explanation methods, versions."""
+        return self.catalogue.info()
+
+    @handler("fit")
+    def fit(self, images, name, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+        """A new category from 1-300 good pictures of a part (files, or zips of them): its id and report card."""
+        return self.parts.fit(_paths(images), name, self.caller(request))
+
+    @handler("train_classifier")
+    def train_classifier(self, category, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+        """Train the CNN head of a category made by /fit (slow; queued): the gradient explainers become available."""
+        return self.parts.train(category)
+
+    # -- the page's own events ---------------------------------------------------------------------
+    @handler("ui_detect")
+    def page_detect(self, image, category, request: gr.Request = None):
+        picture, verdict = self.catalogue.detect(_path(image), category)
+        return self.outputs.save(picture, "png"), verdict_markdown(verdict), verdict
+
+    @handler("ui_explain")
+    def page_explain(self, image, category, methods, progress=gr.Progress(), request: gr.Request = None):
+        slow = slow_methods()
+
+        def step(i: int, n: int, method: str) -> None:
+            progress((i, n), desc=f"{method}" + (" (slow: many model runs)" if method in slow else ""))
+
+        panels, supporting, payloads = self.catalogue.explain_many(_path(image), category, methods or [], step)
+        return ([(self.outputs.save(p, "png"), c) for p, c in panels], explanations_markdown(payloads, captions()),
+                [(self.outputs.save(p), c) for p, c in supporting], payloads)
+
+    @handler("ui_category")
+    def choose_category(self, category, request: gr.Request = None):
+        return (self.method_choices(category), *self.card(category))
+
+    @handler("ui_fit")
+    def page_fit(self, images, name, defects, own, progress=gr.Progress(track_tqdm=True),
+                 request: gr.Request = None):
+        fitted = self.parts.fit(_paths(images), name, self.caller(request), _paths(defects) if defects else None)
+        own = [*(own or []), fitted["category"]][-20:]
+        return (part_card_markdown(fitted), fitted, own,
+                gr.Dropdown(choices=self.catalogue.choices(own), value=fitted["category"]))
+
+    @handler("ui_train")
+    def page_train(self, category, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+        trained = self.parts.train(category)
+        return (f"Classifier trained in {trained['seconds']:.0f} s; methods now: {', '.join(trained['methods'])}. "
+                "The report card below has the explanation table.", self.method_choices(category),
+                *self.card(category))
+
+    @handler("ui_cancel")
+    def page_cancel(self, category, request: gr.Request = None):
+        if not self.parts.cancel(category):
+            return "No classifier is training for this category."
+        return "Stopping at the next step ..."
+
+    @handler("ui_download")
+    def page_download(self, category, request: gr.Request = None):
+        return self.catalogue.made.archive(self._own_id(category))
+
+    @handler("ui_publish")
+    def page_publish(self, category, repo, token: gr.OAuthToken | None, request: gr.Request = None):
+        return self.parts.publish(self._own_id(category), repo, None if token is None else token.token)
+
+    @handler("ui_build_status")
+    def build_tick(self, current, own, request: gr.Request = None):
+        """Until the category being built is ready: its status and the category list."""
+        choices = self.catalogue.choices(own)
+        values = [v for _, v in choices]
+        value = current if current in values else (values[0] if values else None)
+        return (build_markdown(self.build), gr.Dropdown(choices=choices, value=value),
+                gr.Timer(active=not self.build.done))
+
+    def _own_id(self, category) -> str:
+        if not isinstance(category, str) or category not in self.catalogue.made:
+            raise ServiceError("Choose a category you made (with Fit) first: only those can be downloaded "
+                               "or published from here.")
+        return category
+
+
+def events(handlers: Handlers) -> dict[str, Callable]:
+    """Every handler by the event (api_name) it serves."""
+    return {fn.event: getattr(handlers, name) for name, fn in inspect.getmembers(type(handlers))
+            if hasattr(fn, "event")}
+

@@ -1,0 +1,57 @@
+"""The Space's settings, read once: environment variables, the door's limits, the caps on categories made at run
+time and on files. Everything else takes them from here (the page's text included), never from os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from space.admission import Limits
+from space.categories import CategoryLimits
+from xai.io import MAX_BYTES
+
+# The project's published bundles, pinned to a revision: a later push to the repos never changes what a running
+# Space serves. Publish a new release with `training.publish --revision v2` and raise the pin here.
+DEFAULT_REVISION = "v1"
+DEFAULT_BUNDLES = f"defect-xai/mvtec-bottle@{DEFAULT_REVISION},defect-xai/elpv-solar-cells@{DEFAULT_REVISION}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How this Space runs."""
+
+    bundles: str | None = None  # DEFECT_XAI_BUNDLES: folders or Hub ids; None: the published ones, or a build
+    category_dir: str | None = None  # DEFECT_XAI_CATEGORY_DIR: categories made here are kept and shared
+    build_cache: Path = Path.home() / ".cache" / "defect-xai" / "bundles"  # DEFECT_XAI_CACHE: built defaults
+    server_name: str | None = None  # GRADIO_SERVER_NAME
+    server_port: int | None = None  # GRADIO_SERVER_PORT
+    on_space: bool = False  # SPACE_ID set: a Hugging Face Space, where Sign in with Hugging Face (OAuth) exists ...
+    behind_proxy: bool = False  # ... and whose proxy appends the caller's address to x-forwarded-for (trusted)
+    limits: Limits = field(default_factory=Limits)
+    categories: CategoryLimits = field(default_factory=CategoryLimits)
+    max_upload_bytes: int = MAX_BYTES  # one uploaded file
+    cache_sweep: tuple[int, int] = (300, 1800)  # every 5 min, delete uploads and returned files older than 30 min
+    sessions: int = 1000  # page sessions held in memory
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Settings from the environment (os.environ unless given); `overrides` replace any field."""
+        env = os.environ if env is None else env
+        values = {
+            "bundles": env.get("DEFECT_XAI_BUNDLES"),
+            "category_dir": env.get("DEFECT_XAI_CATEGORY_DIR") or None,
+            "server_name": env.get("GRADIO_SERVER_NAME") or None,
+            "server_port": int(env["GRADIO_SERVER_PORT"]) if env.get("GRADIO_SERVER_PORT") else None,
+            "on_space": bool(env.get("SPACE_ID")),
+            "behind_proxy": bool(env.get("SPACE_ID")),
+        }
+        if env.get("DEFECT_XAI_CACHE"):
+            values["build_cache"] = Path(env["DEFECT_XAI_CACHE"])
+        return cls(**{**values, **overrides})
+
+    @property
+    def sources(self) -> str:
+        """The bundles to serve: DEFECT_XAI_BUNDLES, else the published ones."""
+        return DEFAULT_BUNDLES if self.bundles is None else self.bundles
