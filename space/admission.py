@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -46,8 +46,11 @@ class Rule:
 RULES: dict[str, Rule] = {
     # detect: a burst holds others back by burst x a detect's cost (~0.1-0.2 s at the 320 view)
     "detect": Rule(concurrency=4, per_caller=4, burst=15, every_s=0.25),
-    # explanations: SHAP and occlusion take seconds to tens of seconds of the one explanation worker
-    "explain": Rule(concurrency=1, per_caller=2, burst=6, every_s=10.0, forget_s=600.0),
+    # explanations: three run at once, of which one slow (SHAP and occlusion take seconds to tens of seconds; see
+    # Catalogue.slow_lane), so a fast one never waits behind another caller's slow ones
+    "explain": Rule(concurrency=3, per_caller=2, burst=6, every_s=10.0, forget_s=600.0),
+    # a request with a slow method counts here instead: one per caller queued or running
+    "explain_slow": Rule(concurrency=1, per_caller=1, burst=3, every_s=20.0, forget_s=600.0),
     # page bookkeeping and /info: cheap, but one caller still gets a few at a time
     "info": Rule(concurrency=8, per_caller=4, burst=60, every_s=0.1),
     # fits and classifier trainings share the one heavy slot
@@ -80,6 +83,15 @@ class Limits:
     caller_share: int = 16  # jobs of all classes one caller may have queued or running (a share of queue_size)
     queue_size: int = 256  # jobs queued in all (Gradio's max_size)
     body_bytes: int = 1 << 20  # a request's body (uploads go to their own route, capped by max_file_size)
+    # uploads, counted over the window in which the cache sweeper may still hold them on disk: one caller's (a fit
+    # may send 200 MB), and everyone's together (80 files of 5 MB went in 4.8 s from one address before this)
+    # page sessions one caller may open: a few at once, then one every few seconds (1,150 fresh session ids from
+    # one address once pushed every visitor's page state out of Gradio's session store)
+    session_burst: int = 20
+    session_every_s: float = 3.0
+    upload_window_s: float = 1800.0
+    upload_per_caller: int = 256 << 20
+    upload_total: int = 4 << 30
 
     def relaxed(self, **classes: dict) -> Limits:
         """These limits with some fields of some classes changed: relaxed(detect={"burst": 1000})."""
@@ -88,6 +100,16 @@ class Limits:
 
     def rule(self, event: str) -> Rule:
         return self.rules[EVENTS[event]]
+
+
+def job_class(event: str, data, slow: Callable[[], list[str]]) -> str:
+    """The class a job counts in: its event's, except an explanation asking for a slow method."""
+    cls = EVENTS[event]
+    if cls == "explain" and isinstance(data, list) and len(data) >= 3:
+        asked = data[2] if isinstance(data[2], list) else [data[2]]
+        if any(m in slow() for m in asked if isinstance(m, str)):
+            return "explain_slow"
+    return cls
 
 
 def caller_key(host: str | None, headers: Mapping[str, str], behind_proxy: bool) -> str:
@@ -129,19 +151,23 @@ class Door:
     """Admission bookkeeping: `admit` at the join (counts the job as queued), `running` around the job itself
     (turns it into a running one, and forgets it when it ends). Thread-safe."""
 
-    def __init__(self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic,
+                 slow: Callable[[], list[str]] = lambda: []):
         self.limits = limits or Limits()
-        self.clock = clock
+        self.clock, self.slow = clock, slow  # slow(): the explanation methods that take seconds
         self._rates = {name: CallerRate(rule.burst, rule.every_s, clock) for name, rule in self.limits.rules.items()}
         self._queued: dict[tuple[str, str], list[float]] = defaultdict(list)  # (caller, class) -> join times
         self._running: dict[tuple[str, str], int] = defaultdict(int)
+        self._uploads: deque[tuple[float, str, int]] = deque()  # (when, caller, bytes) within the upload window
+        self._sessions: OrderedDict[str, None] = OrderedDict()  # session ids seen (the most recent 100,000)
+        self._session_rate = CallerRate(self.limits.session_burst, self.limits.session_every_s, clock)
         self._lock = threading.Lock()
 
-    def admit(self, caller: str, event: str | None) -> None:
-        """Let one job of `event` join for `caller`, or raise Refused with the reason."""
+    def admit(self, caller: str, event: str | None, data=None) -> None:
+        """Let one job of `event` (with arguments `data`) join for `caller`, or raise Refused with the reason."""
         if event not in EVENTS:
             raise Refused("This server has no such event.")
-        cls = EVENTS[event]
+        cls = job_class(event, data, self.slow)
         rule = self.limits.rules[cls]
         with self._lock:
             self._forget_stale()
@@ -160,9 +186,9 @@ class Door:
             self._queued[(caller, cls)].append(self.clock())
 
     @contextmanager
-    def running(self, caller: str, event: str) -> Iterator[None]:
-        """The job of `caller` that joined as `event` runs for the duration of the block."""
-        key = (caller, EVENTS[event])
+    def running(self, caller: str, event: str, data=None) -> Iterator[None]:
+        """The job of `caller` that joined as `event` (with arguments `data`) runs for the duration of the block."""
+        key = (caller, job_class(event, data, self.slow))
         with self._lock:
             if self._queued.get(key):
                 self._queued[key].pop(0)
@@ -176,6 +202,38 @@ class Door:
                     del self._running[key]
                 if key in self._queued and not self._queued[key]:
                     del self._queued[key]
+
+    def take_session(self, caller: str, session: str) -> None:
+        """A job of page session `session`: a session not seen before spends one of the caller's session tokens."""
+        with self._lock:
+            if session in self._sessions:
+                self._sessions.move_to_end(session)
+                return
+        try:
+            self._session_rate.take(caller)
+        except Refused:
+            raise Refused("Too many new page sessions from you; reload the page in a minute.") from None
+        with self._lock:
+            self._sessions[session] = None
+            while len(self._sessions) > 100_000:
+                self._sessions.popitem(last=False)
+
+    def take_upload(self, caller: str, size: int) -> None:
+        """Count an upload of `size` bytes for `caller`, or raise Refused when it would pass the caller's or
+        everyone's budget for the window."""
+        limits = self.limits
+        with self._lock:
+            now = self.clock()
+            while self._uploads and now - self._uploads[0][0] >= limits.upload_window_s:
+                self._uploads.popleft()
+            mine = sum(n for _, who, n in self._uploads if who == caller)
+            if mine + size > limits.upload_per_caller:
+                raise Refused(f"You have uploaded {mine >> 20} MB in the last {limits.upload_window_s / 60:.0f} "
+                              f"minutes; at most {limits.upload_per_caller >> 20} MB are taken from one caller.")
+            if sum(n for _, _, n in self._uploads) + size > limits.upload_total:
+                raise Refused("This server has taken all the uploads it can hold for now; try again in a few "
+                              "minutes.")
+            self._uploads.append((now, caller, size))
 
     def pending(self, caller: str) -> int:
         """Jobs of `caller` queued or running, all classes."""
@@ -213,12 +271,20 @@ class AdmissionMiddleware:
         self.upload_root = Path(upload_root).resolve()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].rstrip("/").endswith("/upload") \
-                or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         limit = self.door.limits.body_bytes
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         declared = headers.get("content-length", "")
+        if scope["path"].rstrip("/").endswith("/upload"):  # files: Gradio caps each as it streams; the door counts
+            if not declared.isdigit():
+                return await _answer(send, 411, "An upload must declare its length.")
+            host = (scope.get("client") or (None,))[0]
+            try:
+                self.door.take_upload(caller_key(host, headers, self.behind_proxy), int(declared))
+            except Refused as refusal:
+                return await _answer(send, 429, str(refusal))
+            return await self.app(scope, receive, send)
         if declared.isdigit() and int(declared) > limit:
             return await _answer(send, 413, f"A request may carry at most {limit // 1024} KB.")
         body = b""
@@ -231,12 +297,16 @@ class AdmissionMiddleware:
             more = message.get("more_body", False)
             if len(body) > limit:
                 return await _answer(send, 413, f"A request may carry at most {limit // 1024} KB.")
-        event = self._event(scope["path"], body)
+        payload = _json(body)
+        event = self._event(scope["path"], payload)
         if event is not None:
             host = (scope.get("client") or (None,))[0]
+            caller = caller_key(host, headers, self.behind_proxy)
             try:
-                self.uploads_only(body)
-                self.door.admit(caller_key(host, headers, self.behind_proxy), event)
+                self.uploads_only(payload)
+                if isinstance(payload.get("session_hash"), str):  # a page's join (a script's /call names none)
+                    self.door.take_session(caller, payload["session_hash"])
+                self.door.admit(caller, event, payload.get("data"))
             except Refused as refusal:
                 return await _answer(send, 422, [{"__type__": "validate", "is_valid": False,
                                                   "message": str(refusal), "parameter_name": "request"}])
@@ -252,14 +322,10 @@ class AdmissionMiddleware:
         return await self.app(scope, replay, send)
 
 
-    def uploads_only(self, body: bytes) -> None:
+    def uploads_only(self, payload: dict) -> None:
         """Refuse a job whose file arguments are not files uploaded here (a URL, a data: URL, a server path):
         Gradio would download or copy them, or answer with its own message naming the server's folders."""
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            return  # not JSON: Gradio answers it
-        stack = [data]
+        stack: list = [payload]
         while stack:
             item = stack.pop()
             if isinstance(item, dict):
@@ -275,18 +341,23 @@ class AdmissionMiddleware:
             return False
         return Path(os.path.abspath(path)).resolve().is_relative_to(self.upload_root)
 
-    def _event(self, path: str, body: bytes) -> str | None:
+    def _event(self, path: str, payload: dict) -> str | None:
         """The event a request joins the queue for (None: not a join). The page joins with a function index in
         the body; a script's POST /call/<api_name> (Gradio's simple REST API) names it in the path."""
         path = path.rstrip("/")
         if path.endswith("/queue/join"):
-            try:
-                fn_index = json.loads(body or b"{}").get("fn_index")
-            except (ValueError, AttributeError):
-                fn_index = None
-            return self.event_of(fn_index)
+            return self.event_of(payload.get("fn_index"))
         named = CALL_ROUTE.search(path)
         return None if named is None else (named.group(1) if named.group(1) in EVENTS else INTERNAL)
+
+
+def _json(body: bytes) -> dict:
+    """A request body's JSON object; {} when it is none (Gradio answers a malformed request itself)."""
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 async def _answer(send, status: int, detail) -> None:

@@ -7,6 +7,7 @@ categories keep working; nothing is substituted for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import threading
@@ -49,6 +50,9 @@ class Catalogue:
         self.failures: dict[str, str] = {}
         self.made = CategoryStore(categories, category_dir, load=self.load_bundle)
         self._trunks: dict[str, object] = {}  # trunk name -> the one loaded
+        # one slow explanation at a time, whatever the number of explanation workers: the others stay free for
+        # fast methods (four SHAP requests once made another visitor's anomaly map wait 52.9 s)
+        self.slow_lane = threading.Semaphore(1)
         self._trunk_lock = threading.Lock()
 
     @classmethod
@@ -158,7 +162,8 @@ class Catalogue:
             component = inspector.component_of(method)
             if component not in inputs:
                 inputs[component] = inspector.model_input(picture, component)
-            exp = inspector.explain_input(inputs[component], method)
+            with self.slow_lane if METHODS[method].slow else contextlib.nullcontext():
+                exp = inspector.explain_input(inputs[component], method)
             heat = np.abs(exp.heatmap) if METHODS[method].signed else exp.heatmap  # show evidence either way
             panels.append((overlay(shown, heat), f"{method} · {exp.ms:.0f} ms — {METHODS[method].caption}"))
             supporting += evidence(exp, shown, inspector.bundle.path)

@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +46,10 @@ class CategoryLimits:
     max_pictures: int = 300  # good pictures in one fit
     max_defects: int = 30  # optional defective pictures in one fit
     max_fit_bytes: int = 200 * 1024 * 1024  # all files of one fit together (zip members counted uncompressed)
+    # model pixels of one fit, at the detector's view (what its time and memory follow): 300 pictures of 4:3 are
+    # 41 million, bottle's 209 squares 21 million; 300 slivers of 8 x 30 px, each seen at 288 x 1,024, were 88
+    # million (214 s and 8 GB before this cap)
+    max_fit_megapixels: float = 48.0
     max_kept: int = 500  # categories kept in DEFECT_XAI_CATEGORY_DIR; further fits are refused until some are removed
 
 
@@ -122,7 +126,7 @@ class CategoryStore:
             for old in mine[:max(0, len(mine) - self.limits.per_caller + 1)]:
                 self._drop(old.id, f"it was replaced: one caller may hold {self.limits.per_caller} categories "
                                    "at a time, and this was the least recently used of them")
-            self._make_room()
+            self._make_room(owner)
             self._held[cid] = category
             self._names.pop(cid, None)
         return category
@@ -210,14 +214,22 @@ class CategoryStore:
         del self._names[cid]
         return category
 
-    def _make_room(self) -> None:
-        """Drop the least recently used unpinned categories until one more fits under the cap."""
+    def _make_room(self, newcomer: str | None = None) -> None:
+        """Drop unpinned categories until one more (of `newcomer`) fits under the cap: the least recently used of
+        whoever holds the most (the newcomer's new one counted), so callers with many categories make room before
+        anyone with few loses theirs (three addresses of three categories each once flushed every other visitor's).
+        With everyone holding as many, that is the least recently used of all."""
         while len(self._held) >= self.limits.capacity:
-            victim = next((c for c in self._held.values() if not c.pins), None)
-            if victim is None:
+            free = [c for c in self._held.values() if not c.pins]  # least recently used first
+            if not free:
                 return  # every one is busy: over the cap until they finish
+            counts = Counter(c.owner for c in free)
+            if newcomer is not None:
+                counts[newcomer] += 1
+            most = max(counts.values())
+            victim = next((c for c in free if counts[c.owner] == most), free[0])
             self._drop(victim.id, f"the server holds {self.limits.capacity} categories at a time and this was the "
-                                  "least recently used")
+                                  "least recently used of its maker's, who held the most")
 
     def _sweep(self, now: float) -> None:
         for cid in [c.id for c in self._held.values()

@@ -131,7 +131,7 @@ class Handlers:
     @handler("train_classifier")
     def train_classifier(self, category, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
         """Train the CNN head of a category made by /fit (slow; queued): the gradient explainers become available."""
-        return self.parts.train(category)
+        return self.parts.train(category, self.caller(request))
 
     # -- the page's own events ---------------------------------------------------------------------
     @handler("ui_detect")
@@ -164,14 +164,14 @@ class Handlers:
 
     @handler("ui_train")
     def page_train(self, category, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
-        trained = self.parts.train(category)
+        trained = self.parts.train(category, self.caller(request))
         return (f"Classifier trained in {trained['seconds']:.0f} s; methods now: {', '.join(trained['methods'])}. "
                 "The report card below has the explanation table.", self.method_choices(category),
                 *self.card(category))
 
     @handler("ui_cancel")
     def page_cancel(self, category, request: gr.Request = None):
-        if not self.parts.cancel(category):
+        if not self.parts.cancel(category, self.caller(request)):
             return "No classifier is training for this category."
         return "Stopping at the next step ..."
 

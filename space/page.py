@@ -30,12 +30,12 @@ class AdmittedBlocks(gr.Blocks):
 
     async def process_api(self, *args, **kwargs):
         called = inspect.signature(gr.Blocks.process_api).bind(self, *args, **kwargs).arguments
-        fn, request = called["block_fn"], called.get("request")
+        fn, request, inputs = called["block_fn"], called.get("request"), called.get("inputs")
         fn = self.fns[fn] if isinstance(fn, int) else fn
         event = getattr(fn, "api_name", None)
         if event not in EVENTS or isinstance(request, list):
             return await super().process_api(*args, **kwargs)
-        with self.door.running(request_caller(request, self.behind_proxy), event):
+        with self.door.running(request_caller(request, self.behind_proxy), event, inputs):
             return await super().process_api(*args, **kwargs)
 
 

@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from space.categories import BUNDLE, PICTURES
 from space.lowpriority import run_low_priority
@@ -20,6 +21,7 @@ from xai.errors import UserError
 
 LOG = logging.getLogger("defect_xai")
 MAX_NAME = 60
+NAME_PUNCTUATION = " -_.,#+()'"
 TRUNK = "efficientnet_lite0"  # the trunk new categories are fitted on (PatchCoreConfig's default)
 
 
@@ -28,11 +30,28 @@ class PartError(UserError, ValueError):
 
 
 def clean_name(name) -> str:
-    """The category's display name: printable, at most MAX_NAME characters, "my part" when empty."""
+    """The category's display name: letters, digits, spaces and NAME_PUNCTUATION only (no markup or links can
+    form from it in the page, the model card or bundle.json), at most MAX_NAME characters, "my part" when empty."""
     if name is not None and not isinstance(name, str):
         raise PartError("The name must be text.")
-    text = " ".join("".join(c for c in (name or "") if c.isprintable()).split())[:MAX_NAME]
-    return text or "my part"
+    kept = "".join(c if c.isalnum() or c in NAME_PUNCTUATION else " " for c in (name or ""))
+    return " ".join(kept.split())[:MAX_NAME] or "my part"
+
+
+def fit_megapixels(pictures: list[Path]) -> float:
+    """Millions of model pixels a fit of `pictures` processes (from their headers: nothing is decoded)."""
+    from PIL import Image
+
+    from xai.io import FORMATS
+    from xai.patchcore import PatchCore, PatchCoreConfig
+
+    shape = PatchCore(PatchCoreConfig()).input_shape
+    total = 0
+    for path in pictures:
+        with Image.open(path, formats=FORMATS) as picture:
+            h, w = shape(*picture.size)
+        total += h * w
+    return total / 1e6
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -61,6 +80,11 @@ class Parts:
         cid, folder = self.store.new_folder()
         try:
             pictures = gather(files, folder / PICTURES, limits.max_pictures, limits.max_fit_bytes)
+            megapixels = fit_megapixels(pictures)
+            if megapixels > limits.max_fit_megapixels:
+                raise PartError(f"These pictures come to {megapixels:.0f} million pixels at the detector's view; one "
+                                f"fit may have {limits.max_fit_megapixels:.0f} million. Send fewer pictures, or "
+                                "pictures closer to square (each is seen at 320 px on its shorter side).")
             left = limits.max_fit_bytes - sum(p.stat().st_size for p in pictures)  # one budget for all files
             bad = gather(defects, folder / "defects", limits.max_defects, left, "defective pictures") if defects else []
             with run_errors(PartError):
@@ -77,11 +101,13 @@ class Parts:
                 "report": card, "expires_at": _iso(category.expires_at),
                 "train_estimate_s": training_estimate_s(meta["fit"]["features_s"])}
 
-    def train(self, cid) -> dict:
+    def train(self, cid, caller: str) -> dict:
         """Train the CNN head of category `cid` on its pictures, then its explanation table: the new report card.
-        `cancel(cid)` stops it between two steps (the category keeps what it had)."""
+        Only its maker may (an id seen in a shared link is not enough); `cancel(cid, caller)` stops it between two
+        steps (the category keeps what it had)."""
         if not isinstance(cid, str):
             raise PartError("The category must be the id that /fit returned.")
+        self._check_owner(cid, caller, "train")
         with self._lock:
             if cid in self._stops:
                 raise PartError("That category's classifier is already training.")
@@ -92,12 +118,19 @@ class Parts:
             with self._lock:
                 self._stops.pop(cid, None)
 
-    def cancel(self, cid) -> bool:
-        """Ask the training of `cid` to stop at its next step; False when none is running."""
+    def cancel(self, cid, caller: str) -> bool:
+        """Ask the training of `cid` to stop at its next step (its maker only); False when none is running."""
         flag = self._stops.get(cid) if isinstance(cid, str) else None
+        if flag is not None:
+            self._check_owner(cid, caller, "cancel the training of")
         if flag is not None:
             flag.set()
         return flag is not None
+
+    def _check_owner(self, cid: str, caller: str, what: str) -> None:
+        owner = self.store.get(cid).owner
+        if owner and owner != caller:  # categories kept in DEFECT_XAI_CATEGORY_DIR are everyone's (no owner)
+            raise PartError(f"Only whoever made this category can {what} it.")
 
     def _train(self, cid: str, cancel: threading.Event) -> dict:
         category = self.store.get(cid)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
+from xai.errors import redact
+
 
 def colourise(heatmap: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     """float [H, W] -> uint8 RGB [H, W, 3] with matplotlib's perceptually uniform 'inferno' map."""
@@ -47,11 +49,11 @@ def evidence(exp, picture: Image.Image, bundle_dir=None) -> list[tuple[Image.Ima
         out.append((_boxed(picture, patch["box"], extras["input_shape"]),
                     f"most anomalous patch: distance {patch['distance']:.2f} to the nearest good patch"))
         for near in extras["nearest_images"]:
-            with Image.open(_in(bundle_dir, near["thumbnail"])) as thumb:
+            with Image.open(_in(bundle_dir, near["thumbnail"]), formats=["JPEG"]) as thumb:
                 caption = f"nearest good image {near['name']} (cosine {near['similarity']:.3f})"
                 out.append((thumb.convert("RGB"), caption))
         for near in extras["nearest_patches"]:
-            with Image.open(_in(bundle_dir, near["thumbnail"])) as thumb:
+            with Image.open(_in(bundle_dir, near["thumbnail"]), formats=["JPEG"]) as thumb:
                 # thumbnails are stored at their picture's model shape: boxes are in their own pixels
                 out.append((_boxed(thumb.convert("RGB"), near["box"], (thumb.height, thumb.width)),
                             f"nearest good patch in {near['name']} (distance {near['distance']:.2f})"))
@@ -131,11 +133,15 @@ def part_card_markdown(fitted: dict) -> str:
 
 
 def build_markdown(build) -> str:
-    """The status of the default category being built here (training.defaults.BackgroundBuild), for the page."""
+    """The status of the default categories being built here (training.defaults.BackgroundBuild), for the page."""
+    ready = ", ".join(f"**{name} (built here)**" for name in build.ready)
     if build.done and not build.failed:
-        return "**solar-cells (built here)** is ready: built on this machine from the elpv-dataset package."
-    head = ("The published bundles could not be fetched, so this app is building the solar-cell category with "
-            "its own training code from the elpv-dataset package (a few minutes). ")
+        return f"{ready} ready: built on this machine with the project's own training code."
+    head = ("This app builds its default categories on this machine with its own training code (a few minutes "
+            "each; the published bundles are not configured or could not be fetched). ")
+    if ready:
+        head += f"Ready: {ready}. "
     if build.failed:
-        return head + "**The build failed** (see the server log); the rest of the app works."
-    return head + f"**Now: {build.status}.** It appears in the category list when ready, named *(built here)*."
+        return head + f"**A build failed** ({redact(build.failed.splitlines()[0])}; see the server log); the rest "\
+                      "of the app works."
+    return head + f"**Now: {build.status}.** Each appears in the category list when ready, named *(built here)*."

@@ -7,8 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import gradio as gr
 from starlette.middleware import Middleware
@@ -21,6 +20,7 @@ from space.outputs import CacheSweeper, OutputFolder
 from space.page import build_page
 from space.parts import Parts
 from space.settings import Settings
+from xai.explainers import slow_methods
 
 
 @dataclass
@@ -61,18 +61,19 @@ def create(settings: Settings, catalogue: Catalogue | None = None, build=None) -
     catalogue = catalogue or Catalogue.from_sources(settings.sources, settings.categories, settings.category_dir)
     outputs = OutputFolder(max_age_s=settings.cache_sweep[1])
     CacheSweeper([demo_cache_folder(), outputs.root], *settings.cache_sweep).start()
-    door = Door(settings.limits)
+    door = Door(settings.limits, slow=slow_methods)
     handlers = Handlers(catalogue, Parts(catalogue), outputs, settings, build)
     return Space(build_page(handlers, catalogue, settings, door), door, catalogue, outputs, settings)
 
 
-def start_default_build(catalogue: Catalogue, cache: Path):
-    """No bundles configured and no default Hub bundle reachable: build (or reuse, from the cache of an earlier
-    start) the solar-cell category in the background. Never passed off as the published bundle."""
-    from training.defaults import BackgroundBuild
+def start_default_build(catalogue: Catalogue, settings: Settings):
+    """Build (or reuse, from the cache of an earlier start) the default categories the settings ask for, in the
+    background, adding each to the catalogue when it is ready. Never passed off as a published bundle."""
+    from training.defaults import BackgroundBuild, default_builds
 
-    return BackgroundBuild(Path(cache) / "solar-cells",
-                           lambda folder: catalogue.add_source(str(folder), "solar-cells (built here)")).start()
+    builds = default_builds(settings.build, settings.build_cache, settings.build_epochs, settings.build_elpv_size)
+    return BackgroundBuild(builds, lambda folder, name: catalogue.add_source(str(folder), f"{name} (built here)")
+                           ).start()
 
 
 def main() -> None:
@@ -83,9 +84,9 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # concurrent requests share the cores, not oversubscribe
     settings = Settings.from_env()
     catalogue = Catalogue.from_sources(settings.sources, settings.categories, settings.category_dir)
-    build = None
-    if settings.bundles is None and not catalogue.inspectors:
-        build = start_default_build(catalogue, settings.build_cache)
+    if settings.bundles is None and not catalogue.inspectors and not settings.build:
+        settings = replace(settings, build=("solar-cells",))  # a Space whose published bundles are out of reach
+    build = start_default_build(catalogue, settings) if settings.build else None
     create(settings, catalogue, build).launch()
 
 

@@ -24,7 +24,11 @@ class Settings:
 
     bundles: str | None = None  # DEFECT_XAI_BUNDLES: folders or Hub ids; None: the published ones, or a build
     category_dir: str | None = None  # DEFECT_XAI_CATEGORY_DIR: categories made here are kept and shared
-    build_cache: Path = Path.home() / ".cache" / "defect-xai" / "bundles"  # DEFECT_XAI_CACHE: built defaults
+    build: tuple[str, ...] = ()  # DEFECT_XAI_BUILD: default categories to build in the background, in order
+    # ("solar-cells", "mvtec:FOLDER"); with no bundles reachable at all, solar-cells is built anyway
+    build_cache: Path = Path.home() / ".cache" / "defect-xai" / "bundles"  # DEFECT_XAI_CACHE: where they go
+    build_epochs: int = 3  # DEFECT_XAI_BUILD_EPOCHS: the heads' training schedule for built categories
+    build_elpv_size: int = 224  # DEFECT_XAI_BUILD_ELPV_SIZE: the solar cells' input size
     server_name: str | None = None  # GRADIO_SERVER_NAME
     server_port: int | None = None  # GRADIO_SERVER_PORT
     on_space: bool = False  # SPACE_ID set: a Hugging Face Space, where Sign in with Hugging Face (OAuth) exists ...
@@ -33,7 +37,7 @@ class Settings:
     categories: CategoryLimits = field(default_factory=CategoryLimits)
     max_upload_bytes: int = MAX_BYTES  # one uploaded file
     cache_sweep: tuple[int, int] = (300, 1800)  # every 5 min, delete uploads and returned files older than 30 min
-    sessions: int = 1000  # page sessions held in memory
+    sessions: int = 10_000  # page sessions held in memory (a few kB each); new ones are rate-limited per caller
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -49,6 +53,12 @@ class Settings:
         }
         if env.get("DEFECT_XAI_CACHE"):
             values["build_cache"] = Path(env["DEFECT_XAI_CACHE"])
+        if env.get("DEFECT_XAI_BUILD"):
+            values["build"] = tuple(s.strip() for s in env["DEFECT_XAI_BUILD"].split(",") if s.strip())
+        for key, name in (("build_epochs", "DEFECT_XAI_BUILD_EPOCHS"),
+                          ("build_elpv_size", "DEFECT_XAI_BUILD_ELPV_SIZE")):
+            if env.get(name):
+                values[key] = int(env[name])
         return cls(**{**values, **overrides})
 
     @property

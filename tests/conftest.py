@@ -20,6 +20,27 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 BOTTLE = ROOT.parent / "shared" / "data" / "mvtec_ad" / "bottle"
 
 
+def digest(folder: Path) -> str:
+    """One hash of every file under `folder` (names and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def shared_bundles():
+    """The session's shared bundles and their digests: read-only for every test (a test that writes into one
+    works on its own copy); checked when the session ends."""
+    made: dict[Path, str] = {}
+    yield made
+    changed = [str(folder) for folder, before in made.items() if digest(folder) != before]
+    assert not changed, f"tests changed the shared bundles {changed}; copy a bundle before writing into it"
+
+
 @pytest.fixture(scope="session")
 def trunk():
     from xai.backbone import create_trunk
@@ -35,13 +56,14 @@ def texture_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def texture_bundle(texture_data, tmp_path_factory) -> Path:
+def texture_bundle(texture_data, tmp_path_factory, shared_bundles) -> Path:
     from training.data import load_dataset
     from training.fit_patchcore import fit
     from xai.patchcore import PatchCoreConfig
 
     out = tmp_path_factory.mktemp("bundles") / "weave"
     fit(load_dataset("mvtec", texture_data), out, PatchCoreConfig())
+    shared_bundles[out] = digest(out)
     return out
 
 
@@ -53,7 +75,7 @@ def binary_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def classifier_bundle(binary_folder, tmp_path_factory) -> Path:
+def classifier_bundle(binary_folder, tmp_path_factory, shared_bundles) -> Path:
     """Both heads trained briefly on an easy generated good-vs-blob task, plus PatchCore on the good class."""
     from training.data import load_dataset
     from training.fit_patchcore import fit
@@ -63,7 +85,8 @@ def classifier_bundle(binary_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "binary"
     dataset = load_dataset("imagefolder", binary_folder)
     fit(dataset, out, PatchCoreConfig())
-    train(dataset, out, ["cnn", "vit"], TrainConfig(epochs=6, patience=6, batch_size=8))
+    train(dataset, out, ["cnn", "vit"], TrainConfig(epochs=6, patience=6, batch_size=8), log=lambda msg: None)
+    shared_bundles[out] = digest(out)
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from test_hostile import call
@@ -27,6 +28,7 @@ class Brightness(Explainer):
         return {"heatmap": inputs.mean(dim=1)}
 
 
+@pytest.mark.slow
 def test_a_new_method_is_one_class_and_one_registry_line(classifier_bundle, serve, monkeypatch, tmp_path, trunk,
                                                          part):
     from gradio_client import Client, handle_file

@@ -33,3 +33,13 @@ def test_perlin_noise_is_smooth_and_bounded():
     noise = perlin_noise((128, 128), (4, 4), np.random.default_rng(0))
     assert np.abs(noise).max() <= 1.5 and noise.std() > 0.1
     assert np.abs(np.diff(noise, axis=1)).max() < 0.2  # no jumps between neighbouring pixels
+
+
+def test_synthetic_anomalies_work_on_long_thin_and_tiny_pictures():
+    """A fit of pictures 4:1 or longer once failed at random inside the cut-paste anomaly ("high <= 0")."""
+    rng = np.random.default_rng(0)
+    for shape in [(8, 37, 3), (8, 30, 3), (37, 8, 3), (20, 400, 3), (400, 20, 3), (8, 8, 3)]:
+        for _ in range(100):
+            image = rng.integers(0, 255, shape, dtype=np.uint8)
+            made, mask, _ = synthesize(image, rng)
+            assert made.shape == image.shape and mask.shape == shape[:2]

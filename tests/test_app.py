@@ -136,6 +136,7 @@ def test_every_bad_upload_has_its_message_in_process(catalogue, part, tmp_path):
             catalogue.detect(bad, "binary")
 
 
+@pytest.mark.slow
 def test_gradio_client_round_trip(catalogue, part, tmp_path, serve):
     from gradio_client import Client, handle_file
 

@@ -10,7 +10,8 @@ from conftest import BOTTLE
 from training import evaluate, fit_patchcore
 from training.cli import run
 
-pytestmark = pytest.mark.skipif(not BOTTLE.is_dir(), reason=f"MVTec AD bottle not found at {BOTTLE}")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not BOTTLE.is_dir(), reason=f"MVTec AD bottle not found at {BOTTLE}")]
 
 
 def test_bottle_fit_and_evaluate(tmp_path):

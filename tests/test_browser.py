@@ -20,8 +20,8 @@ from conftest import ROOT
 from synthetic import add_defect, texture
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(shutil.which("chromium") is None,
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("chromium") is None,
+                                reason="Debian's chromium is not installed (apt-get install chromium)")]
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -67,6 +67,20 @@ def test_one_caller_cannot_flush_everyone_elses_categories():
         store.get(mine[0])
 
 
+def test_three_busy_callers_cannot_flush_the_other_visitors_categories():
+    """Four visitors hold one category each; three callers then make three each (8 held at most): the visitors'
+    categories stay, the busy callers make room among themselves."""
+    clock = Clock()
+    store = CategoryStore(CategoryLimits(capacity=8, per_caller=3), clock=clock)
+    visitors = [_fitted(store, f"visitor{i}") for i in range(4)]
+    for round_ in range(3):
+        for caller in ("x", "y", "z"):
+            clock.now += 1
+            _fitted(store, caller, f"{caller}{round_}")
+    held = store.held()
+    assert {c.id for c in held} >= set(visitors) and len(held) == 8
+
+
 def test_a_category_folder_persists_is_shared_and_loads_again(tmp_path):
     loads = []
     store = CategoryStore(CategoryLimits(capacity=1), folder=tmp_path, load=lambda b: loads.append(b) or "reloaded")

@@ -16,6 +16,9 @@ from training.cli import run
 
 
 def test_evaluate_writes_the_contract_json_and_stores_metrics(texture_data, texture_bundle, tmp_path):
+    import shutil
+
+    texture_bundle = shutil.copytree(texture_bundle, tmp_path / "bundle")  # it writes into the bundle
     out = tmp_path / "eval.json"
     assert run(evaluate.main, ["--data", str(texture_data), "--bundle", str(texture_bundle), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -104,6 +107,7 @@ def test_help_and_exit_code_from_a_real_process(module, tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_benchmark_detector_fits_every_set_with_the_same_defaults(texture_data, tmp_path):
     """Two sets, one of them non-square (derived strips): one row each with every contract key."""
     from training import benchmark_detector, dev_sets

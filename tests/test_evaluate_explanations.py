@@ -26,6 +26,7 @@ def full_bundle(texture_data, texture_bundle, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_contract_json_and_stored_table(full_bundle, texture_data, tmp_path):
     out = tmp_path / "x.json"
     methods = "anomaly_map,retrieval,gradcam,gradcam_pp,saliency,attention_rollout"

@@ -120,6 +120,7 @@ def test_integrated_gradients_completeness_on_a_smooth_model(baseline):
     assert float(exp.attribution.sum()) == pytest.approx(gap, rel=0.01)
 
 
+@pytest.mark.slow
 def test_integrated_gradients_completeness_on_the_trained_cnn(inspector, defect_image):
     """ReLU6 networks need many steps: the stated tolerance is 10 % of the gap at 256 steps, and the error
     reported in `convergence_delta` shrinks from 16 to 256 steps."""

@@ -344,3 +344,65 @@ def test_caller_rate_refills_and_forgets():
     rate.take("b")  # another caller has its own bucket
     now[0] = 10.0
     rate.take("a")  # one token back after every_s
+
+
+def test_a_part_name_carries_no_markup_into_the_card_or_the_bundle():
+    from space.parts import clean_name
+    from training.card import render_card
+
+    name = clean_name('<img src=x onerror=alert(1)> [click](javascript:alert(document.cookie)) `x`')
+    assert not set(name) & set("<>[]:`\"") and len(name) <= 60
+    card = render_card({"category": "<script>alert(1)</script>", "components": {}})
+    assert "<script>" not in card and "&lt;script&gt;" in card
+
+
+def test_a_bundles_numbers_are_bounded_before_anything_is_allocated(classifier_bundle, tmp_path):
+    bundle = tmp_path / "greedy"
+    shutil.copytree(classifier_bundle, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["components"]["patchcore"]["config"].update(sigma=1e9, max_side=10**7)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    failed = Catalogue.from_sources(str(bundle)).failures[str(bundle)]
+    assert "out of range" in failed and "sigma" in failed and "max_side" in failed
+
+
+def test_one_caller_cannot_fill_the_disk_with_uploads(catalogue, serve, part, tmp_path):
+    """Uploads are counted per caller over the sweeper's window: past the budget they are refused before they are
+    read; another caller still uploads and inspects."""
+    import httpx
+
+    limits = Limits(upload_per_caller=12 << 20)
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(np.random.default_rng(0).integers(0, 255, 5 << 20, dtype=np.uint8).tobytes())
+    with serve(catalogue, limits=limits, behind_proxy=True) as (url, _):
+        codes = []
+        with httpx.Client(timeout=60) as http:
+            for _ in range(4):
+                with open(blob, "rb") as fh:
+                    answer = http.post(f"{url}/gradio_api/upload", files={"files": ("blob.bin", fh)},
+                                       headers=visitor("198.51.100.60"))
+                codes.append(answer.status_code)
+            assert codes == [200, 200, 429, 429], codes
+            assert "at most 12 MB" in answer.json()["detail"]
+            picture = upload(url, part)  # the loopback address is another caller
+        kind, message = call(url, "detect", [picture, "binary"])
+        assert kind == "complete" and message[1]["label"] == "blob"
+
+
+def test_one_caller_cannot_push_everyone_out_of_the_session_store(space_server):
+    """Fresh page-session ids cost a token each (20 at once, then one every 3 s): 60 from one address are mostly
+    refused, so the store of 10,000 sessions keeps other visitors' page state."""
+    import httpx
+
+    server, space = space_server
+    info = next(i for i, fn in space.demo.fns.items() if fn.api_name == "info")
+    codes = []
+    with httpx.Client(timeout=30) as http:
+        for i in range(60):
+            joined = http.post(f"{server}/gradio_api/queue/join", headers=visitor("198.51.100.70"),
+                               json={"data": [], "fn_index": info, "session_hash": f"flood{i:04d}"})
+            codes.append(joined.status_code if joined.status_code == 200 else refusal(joined))
+    refused = [c for c in codes if c != 200]
+    assert len(refused) >= 35 and all("new page sessions" in r or "already have" in r for r in refused)
+    assert sum("new page sessions" in r for r in refused) >= 30
+    assert space.settings.sessions >= 10_000

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # a minute or more: `pytest -m "not slow"` skips it
 
 
 def test_notebook_runs_with_a_tiny_configuration(texture_data, tmp_path, monkeypatch):

@@ -80,6 +80,7 @@ def test_a_picture_that_is_not_one_is_named_in_the_error(pictures, tmp_path, tru
     assert str(tmp_path) not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_training_reports_the_edge_control_and_stops_when_cancelled(pictures, tmp_path, trunk):
     from training.cli import Cancelled, stop_when
     from training.part import fit_part, train_part
@@ -203,6 +204,7 @@ def test_a_caller_cannot_queue_heavy_jobs_behind_a_running_one(server, pictures,
         job.result(timeout=60)
 
 
+@pytest.mark.slow
 def test_training_through_the_api_enables_the_gradient_explainers(server, pictures, part):
     from gradio_client import handle_file
 
@@ -212,9 +214,29 @@ def test_training_through_the_api_enables_the_gradient_explainers(server, pictur
     assert made["train_estimate_s"] > 0
     with pytest.raises(Exception, match="cannot run 'gradcam'"):
         client.predict(handle_file(str(part)), made["category"], "gradcam", api_name="/explain")
+    from space.parts import PartError, Parts
+
+    with pytest.raises(PartError, match="Only whoever made this category"):  # its id is not enough
+        Parts(catalogue).train(made["category"], "203.0.113.9")
     trained = client.predict(made["category"], api_name="/train_classifier")
     assert "gradcam" in trained["methods"] and trained["report"]["explanations"]["controls"]["edge_control"]
     _, explanation = client.predict(handle_file(str(part)), made["category"], "gradcam", api_name="/explain")
     assert explanation["method"] == "gradcam"
     with pytest.raises(Exception, match="already has its classifier"):
         client.predict(made["category"], api_name="/train_classifier")
+
+
+def test_a_fit_is_bounded_by_its_pixels_not_its_picture_count(tmp_path):
+    """Slivers of 8 x 30 px are each seen at 288 x 1,024: a few of them cost what hundreds of photos do."""
+    from space.catalogue import Catalogue
+    from space.categories import CategoryLimits
+    from space.parts import PartError, Parts
+
+    catalogue = Catalogue(CategoryLimits(max_fit_megapixels=1.0))
+    slivers = []
+    for i in range(4):
+        slivers.append(tmp_path / f"s{i}.png")
+        Image.fromarray(np.full((8, 30, 3), 90 + i, np.uint8)).save(slivers[-1])
+    with pytest.raises(PartError, match="million pixels at the detector's view"):
+        Parts(catalogue).fit([str(p) for p in slivers], "slivers", "a")
+    assert list(catalogue.made.root.iterdir()) == []  # nothing left behind

@@ -16,11 +16,15 @@ def test_the_app_serves_at_once_and_the_built_category_appears(texture_data, tmp
     from space.catalogue import Catalogue
     from space.render import build_markdown
     from space.server import start_default_build
+    from space.settings import Settings
     from training.data import load_dataset
     from training.fit_patchcore import fit
     from xai.patchcore import PatchCoreConfig
 
+    calls = []
+
     def small_build(out, epochs, input_size, on_step, log=None):  # stands in for minutes of ELPV training
+        calls.append(out)
         on_step(0, 2, "fitting the anomaly detector")
         fit(load_dataset("mvtec", texture_data), out, PatchCoreConfig())
         on_step(1, 2, "evaluating")
@@ -30,7 +34,8 @@ def test_the_app_serves_at_once_and_the_built_category_appears(texture_data, tmp
     monkeypatch.setattr(defaults, "build_solar_cells", small_build)
     catalogue = Catalogue.from_sources("defect-xai/not-cached")  # the Hub is out of reach
     assert not catalogue.inspectors
-    build = start_default_build(catalogue, tmp_path / "cache")
+    settings = Settings(build=("solar-cells",), build_cache=tmp_path / "cache")
+    build = start_default_build(catalogue, settings)
     with serve(catalogue, build) as (url, _):
         client = Client(f"{url}/", verbose=False)
         assert "not-cached" in str(client.predict(api_name="/info")["failed"])  # named, never replaced
@@ -46,6 +51,6 @@ def test_the_app_serves_at_once_and_the_built_category_appears(texture_data, tmp
         assert verdict["is_defect"]
     # the next start finds it in the cache and builds nothing
     again = Catalogue.from_sources("defect-xai/not-cached")
-    second = start_default_build(again, tmp_path / "cache")
+    second = start_default_build(again, settings)
     second.join(60)
-    assert second.status == "ready" and "solar-cells (built here)" in again.categories
+    assert second.status == "ready" and "solar-cells (built here)" in again.categories and len(calls) == 1

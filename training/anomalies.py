@@ -57,11 +57,14 @@ def _region(shape: tuple[int, int], rng: np.random.Generator, min_frac: float = 
 def cut_paste(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """CutPaste (Li et al. 2021): a rectangle of the image, colour-jittered and rotated, pasted elsewhere."""
     h, w = image.shape[:2]
-    ph, pw = int(h * rng.uniform(0.08, 0.25)), int(w * rng.uniform(0.08, 0.25))
+    ph, pw = max(1, int(h * rng.uniform(0.08, 0.25))), max(1, int(w * rng.uniform(0.08, 0.25)))
     sy, sx = int(rng.integers(0, h - ph)), int(rng.integers(0, w - pw))
     patch = image[sy:sy + ph, sx:sx + pw].astype(np.float32)
     patch = np.clip(patch * rng.uniform(0.7, 1.3) + rng.uniform(-40, 40, 3), 0, 255)
-    patch = np.rot90(patch, int(rng.integers(0, 4)))
+    turns = int(rng.integers(0, 4))
+    if pw >= h or ph >= w:  # a quarter turn would not fit a long thin picture (4:1 or more): half turns only
+        turns = 2 * (turns % 2)
+    patch = np.rot90(patch, turns)
     ph, pw = patch.shape[:2]
     ty, tx = int(rng.integers(0, h - ph)), int(rng.integers(0, w - pw))
     out = image.copy()

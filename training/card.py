@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def card_data(meta: dict):
 
 def render_card(meta: dict) -> str:
     """Markdown card: what the bundle is, its data and licence, its threshold rule and its measured metrics."""
-    category = meta.get("category", "?")
+    category = html.escape(str(meta.get("category", "?")))  # a visitor names their part: text, never markup
     comps = meta.get("components", {})
     data = meta.get("data", {})
     parts = ["---", card_data(meta).to_yaml(), "---", "", f"# defect-xai bundle: {category}", "",

@@ -13,6 +13,7 @@ import argparse
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.cli import run
@@ -86,16 +87,43 @@ def build_mvtec(data: str | Path, out: str | Path, epochs: int = 3, explain_limi
     ], on_step)
 
 
-class BackgroundBuild:
-    """Builds the solar-cell category in a daemon thread and hands it to `on_ready(folder)` when done; `status`
-    says what it is doing, for the page. What a Space does when its published bundles cannot be fetched: the
-    app is up at once and the category appears when it is ready, named as built here."""
+@dataclass(frozen=True)
+class Build:
+    """One default category to build: its name on the page, its bundle folder, and how it is built."""
 
-    def __init__(self, out: str | Path, on_ready: Callable[[Path], None], epochs: int = 3, input_size: int = 224):
+    name: str
+    out: Path
+    run: Callable[[Path, Step], Path]  # (out, on_step) -> out
+
+
+def default_builds(specs: list[str], root: str | Path, epochs: int = 3, elpv_size: int = 224) -> list[Build]:
+    """Builds from specs: "solar-cells" (the elpv-dataset package) or "mvtec:FOLDER" (an mvtec-layout folder,
+    named after it), each into root/<name>."""
+    builds = []
+    for spec in specs:
+        if spec == "solar-cells":
+            builds.append(Build("solar-cells", Path(root) / "solar-cells",
+                                lambda out, step: build_solar_cells(out, epochs, elpv_size, step)))
+        elif spec.startswith("mvtec:"):
+            data = Path(spec.removeprefix("mvtec:"))
+            builds.append(Build(data.name, Path(root) / data.name,
+                                lambda out, step, data=data: build_mvtec(data, out, epochs, on_step=step)))
+        else:
+            raise ValueError(f"unknown default build {spec!r}: use solar-cells or mvtec:FOLDER")
+    return builds
+
+
+class BackgroundBuild:
+    """Builds default categories one after another in a daemon thread and hands each to `on_ready(folder, name)`
+    when done (a folder built before is handed over at once); `status` says what it is doing, for the page. So the
+    app is up at once and each category appears when it is ready, named as built here."""
+
+    def __init__(self, builds: list[Build], on_ready: Callable[[Path, str], None]):
         import threading
 
-        self.out, self.on_ready, self.epochs, self.input_size = Path(out), on_ready, epochs, input_size
+        self.builds, self.on_ready = builds, on_ready
         self.status = "waiting to start"
+        self.ready: list[str] = []
         self.done = False
         self.failed: str | None = None
         self._thread = threading.Thread(target=self._run, name="default-bundle-build", daemon=True)
@@ -107,24 +135,24 @@ class BackgroundBuild:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def _step(self, i: int, n: int, what: str) -> None:
-        self.status = f"step {i + 1} of {n}: {what}"
-
     def _run(self) -> None:
         import logging
 
-        try:
-            if not is_built(self.out):
-                build_solar_cells(self.out, self.epochs, self.input_size, self._step)
-            self.status = "loading"
-            self.on_ready(self.out)
-            self.status = "ready"
-        except BaseException as exc:  # reported on the page; the app keeps serving
-            logging.getLogger("defect_xai").exception("building the default solar-cell category failed")
-            self.failed = f"{type(exc).__name__}: {exc}"
-            self.status = "failed (see the server log)"
-        finally:
-            self.done = True
+        for build in self.builds:
+            def step(i: int, n: int, what: str, name: str = build.name) -> None:
+                self.status = f"{name}, step {i + 1} of {n}: {what}"
+
+            try:
+                if not is_built(build.out):
+                    build.run(build.out, step)
+                self.status = f"{build.name}: loading"
+                self.on_ready(build.out, build.name)
+                self.ready.append(build.name)
+            except BaseException as exc:  # reported on the page; the app keeps serving
+                logging.getLogger("defect_xai").exception("building the default category %s failed", build.name)
+                self.failed = f"{build.name}: {type(exc).__name__}: {exc}"
+        self.status = "ready" if not self.failed else "failed (see the server log)"
+        self.done = True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,8 +200,16 @@ def load_patchcore(bundle: Bundle):
     spec = bundle.meta.get("components", {}).get("patchcore")
     if spec is None:
         raise BundleError(f"Bundle {bundle.source} has no anomaly detector; run training.fit_patchcore on it.")
+    try:
+        config = PatchCoreConfig.from_dict(spec["config"])
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"Bundle {bundle.source}: its detector settings cannot be read ({exc}).") from None
+    if config.problems():
+        raise BundleError(f"Bundle {bundle.source}: detector settings out of range: {'; '.join(config.problems())}.")
     tensors = bundle.tensors(spec["weights"])
-    model = PatchCore(PatchCoreConfig.from_dict(spec["config"]), tensors["layer_scales"],
+    if tensors["layer_scales"].shape != (config.n_parts,) or tensors["memory_bank"].ndim != 2:
+        raise BundleError(f"Bundle {bundle.source}: the detector's tensors do not match its settings; refit it.")
+    model = PatchCore(config, tensors["layer_scales"],
                       tensors["memory_bank"], tensors["bank_source"], tensors.get("image_features"),
                       tensors.get("border_scale"))
     # The index is rebuilt from the safetensors bank (the same seeded build as at fit time: milliseconds for an

@@ -20,6 +20,11 @@ from xai.errors import UserError
 MAX_PIXELS = 40_000_000  # ~ a 6300 x 6300 photo; larger inputs are refused before decoding
 MAX_BYTES = 25 * 1024 * 1024  # files are checked against this before they are read (the app's upload limit)
 MIN_SIDE = 8  # smaller images carry no inspectable detail
+# Cheap to send, dear to decode: a 117 KB 16-bit TIFF of 40 megapixels cost 3.3 s and 670 MB to decode. Photos
+# of parts hold a few pixels per byte (JPEG 2-10, PNG under 1, flat backgrounds a few tens); past FREE_PIXELS a
+# file may expand to at most PIXELS_PER_BYTE pixels for each of its bytes.
+FREE_PIXELS = 4_000_000
+PIXELS_PER_BYTE = 100
 # The formats we document; PIL is never asked to identify anything else, so EPS, PDF and friends never reach an
 # external interpreter (Ghostscript) or a rarely exercised decoder.
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
@@ -75,6 +80,19 @@ def _check_size(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
         )
 
 
+def _check_expansion(image: Image.Image) -> None:
+    """Refuse a small file that would decode into a large picture (see PIXELS_PER_BYTE)."""
+    fp = getattr(image, "fp", None)
+    pixels = image.size[0] * image.size[1]
+    if not isinstance(fp, io.BytesIO) or pixels <= FREE_PIXELS:
+        return
+    size = fp.getbuffer().nbytes
+    if pixels > PIXELS_PER_BYTE * size:
+        raise ImageInputError(
+            f"The image would expand to {pixels / 1e6:.0f} megapixels from a {size / 1e3:.0f} kB file (more than "
+            f"{PIXELS_PER_BYTE} pixels a byte, which no photo of a part needs); send the picture as photographed.")
+
+
 def _check_bytes(size: int) -> None:
     if size > MAX_BYTES:
         raise ImageInputError(f"The file is too large ({size / 2**20:.0f} MB); "
@@ -125,6 +143,7 @@ def _open(source: ImageSource) -> Image.Image:
 def _decode(image: Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode fully (first frame), apply EXIF orientation; truncated/corrupt data -> ImageInputError."""
     _check_size(*image.size, max_pixels=max_pixels)
+    _check_expansion(image)
     try:
         image.seek(0)
         image.load()

@@ -30,6 +30,13 @@ IVF_PROBES = 16
 IVF_CELLS_PER_ROOT = 2  # 2 sqrt(N) cells: k-means costs ~N, so rebuilding at load stays ~1 s for 100k patches
 
 
+CONFIG_BOUNDS = {  # PatchCoreConfig's numbers a bundle may carry: beyond these no bundle of ours goes
+    "input_size": (32, 1024), "short_side": (32, 2048), "max_side": (32, 4096), "feature_stride": (8, 8),
+    "aggregation": (1, 9), "colour_window": (0, 15), "coreset_ratio": (1e-6, 1.0), "projection_dim": (1, 1024),
+    "sigma": (0.0, 32.0), "neighbours": (1, 32), "calibration_fraction": (0.0, 0.9), "seed": (0, 2**31 - 1),
+}
+
+
 @dataclass
 class PatchCoreConfig:
     """Hyper-parameters of the detector (stored in bundle.json)."""
@@ -71,6 +78,23 @@ class PatchCoreConfig:
         data.setdefault("colour_window", 0)  # before round 3: trunk layers only
         data["layers"] = tuple(data.get("layers", cls.layers))
         return cls(**data)
+
+    def problems(self) -> list[str]:
+        """What is out of range in this config (empty when it is usable). A bundle is data from whoever published
+        it: its numbers decide what the server allocates, so each is bounded before it is used."""
+        found = [f"{name} = {getattr(self, name)!r} (allowed {lo}-{hi})" for name, (lo, hi) in CONFIG_BOUNDS.items()
+                 if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool)
+                 or not lo <= getattr(self, name) <= hi]
+        if not self.layers or any(not isinstance(x, int) or not 0 <= x <= 5 for x in self.layers) \
+                or len(set(self.layers)) != len(self.layers):
+            found.append(f"layers = {self.layers!r} (distinct trunk stages 0-5)")
+        if self.feature_stride != 8 or self.aggregation % 2 == 0:
+            found.append("feature_stride must be 8 and aggregation odd")
+        if self.index not in ("auto", "flat", "ivf", "hnsw") or self.sampler not in ("coreset", "random"):
+            found.append(f"index {self.index!r} / sampler {self.sampler!r} unknown")
+        if self.max_side < self.short_side or not isinstance(self.keep_aspect, bool):
+            found.append("max_side must be at least short_side, keep_aspect true or false")
+        return found
 
     @property
     def n_parts(self) -> int:

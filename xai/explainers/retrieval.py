@@ -39,7 +39,7 @@ class RetrievalIndex:
 
     def normalised_thumbnail(self, index: int, shape: tuple[int, int], mean, std) -> torch.Tensor:
         """Bank image `index` as a normalised model input [1, 3, h, w] of `shape` (h, w)."""
-        with Image.open(self.thumbnail(index)) as thumb:
+        with Image.open(self.thumbnail(index), formats=["JPEG"]) as thumb:  # thumbnails are JPEG; nothing else parsed
             array = resize_rgb(thumb, tuple(shape))[None]
         return normalise(array, mean, std)
 
