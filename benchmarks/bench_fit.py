@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     pictures = list_images(Path(args.pictures))
     catalogue = Catalogue.from_sources(args.bundles, CategoryLimits(capacity=64, per_caller=64))
     category = catalogue.categories[0]
-    limits = Limits(caller_share=10_000).relaxed(detect={"per_caller": 64, "burst": 100_000},
-                                                 fit={"burst": 1000, "every_s": 0.01})
+    limits = Limits.loopback()
     with serving(Settings(limits=limits), catalogue) as (url, _):
         url += "/"
         client, detector = Client(url, verbose=False), Client(url, verbose=False)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     catalogue = Catalogue.from_sources(args.bundles)
     category = catalogue.categories[0]
-    settings = Settings(limits=Limits().relaxed(detect={"burst": 100_000, "every_s": 0.001}), cache_sweep=(every, age))
+    settings = Settings(limits=Limits.loopback(), cache_sweep=(every, age))
     rng = np.random.default_rng(0)
     pictures = temp / "pictures"
     pictures.mkdir()

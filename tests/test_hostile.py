@@ -406,3 +406,31 @@ def test_one_caller_cannot_push_everyone_out_of_the_session_store(space_server):
     assert len(refused) >= 35 and all("new page sessions" in r or "already have" in r for r in refused)
     assert sum("new page sessions" in r for r in refused) >= 30
     assert space.settings.sessions >= 10_000
+
+
+def test_one_callers_slow_explanations_do_not_hold_up_anothers_fast_one(space_server, part):
+    """A sends three SHAP requests at once: one is taken (a caller has one slow explanation queued or running),
+    the others refused at the door; B's anomaly map, sent while A's SHAP runs, is answered before it ends (before:
+    four SHAP requests from one address made another visitor's anomaly map wait 52.9 s)."""
+    import httpx
+
+    server, _ = space_server
+    a, b = visitor("198.51.100.80"), visitor("198.51.100.81")
+    with httpx.Client(timeout=120) as http:
+        joins = [http.post(f"{server}/gradio_api/call/explain", headers=a,
+                           json={"data": [upload(server, part), "binary", "shap"]}) for _ in range(3)]
+        assert [j.status_code for j in joins] == [200, 422, 422]
+        assert "already have 1" in refusal(joins[1])
+
+        def finish(api_name: str, event: str) -> float:
+            text = http.get(f"{server}/gradio_api/call/{api_name}/{event}").text
+            assert "event: complete" in text, text[-300:]
+            return time.perf_counter()
+
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(finish, "explain", joins[0].json()["event_id"])
+            time.sleep(0.3)
+            fast = http.post(f"{server}/gradio_api/call/explain", headers=b,
+                             json={"data": [upload(server, part), "binary", "anomaly_map"]}).json()["event_id"]
+            fast_done = finish("explain", fast)
+            assert fast_done < slow.result()

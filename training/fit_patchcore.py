@@ -57,6 +57,11 @@ class CalibrationPlan:
     folds: list[list[int]]  # picture indices held out by each fold
     bank: list[int]  # pictures in the final bank
 
+    @property
+    def held(self) -> list[int]:
+        """Every picture some fold holds out, in order."""
+        return sorted({i for fold in self.folds for i in fold})
+
 
 def calibration_plan(n: int, fraction: float, seed: int) -> CalibrationPlan:
     """The plan for `n` good pictures (see CalibrationPlan); seeded, so a refit holds out the same pictures."""
@@ -147,52 +152,46 @@ def _bank(model: PatchCore, patches: np.ndarray, sources: np.ndarray, desc: str)
         return model.build_memory_bank(patches, sources, on_progress=lambda n, total: bar.update(n))
 
 
-def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 16, category: str | None = None,
-        defects: list[Sample] | None = None, trunk: Trunk | None = None) -> dict:
-    """Fit, calibrate and save the detector into `out`; returns the facts written to bundle.json. `trunk` may be
-    an already loaded one (the app's)."""
-    good = dataset.train_good
-    if not good:
-        raise DataError(f"{dataset.root} has no good training images to fit the detector on.")
-    plan = calibration_plan(len(good), config.calibration_fraction, config.seed)
-    trunk = trunk or create_trunk(config.trunk)
-    spec = TRUNKS[config.trunk]
-    model = PatchCore(config)
-    timings = {}
-
-    t0 = time.perf_counter()
-    thumbs = out / RETRIEVAL_DIR
-    thumbs.mkdir(parents=True, exist_ok=True)
-    held = {i for fold in plan.folds for i in fold}
-    embedded = embed_pictures(model, trunk, good, batch_size, held,
-                              {p: thumbs / thumbnail_name(b) for b, p in enumerate(plan.bank)})
-    timings["features_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+def build_bank(model: PatchCore, embedded: Embedded, plan: CalibrationPlan) -> tuple[np.ndarray, dict]:
+    """Fit the parts' scales on the bank's pictures, then the coreset bank and the retrieval trace's picture
+    features; returns every picture's scaled patch rows (calibration scores them again) and the bank's facts."""
     in_bank = np.isin(embedded.sources[:, 0], plan.bank)
     model.fit_layer_scales([r[torch.from_numpy(in_bank)] for r in embedded.rows])
     patches = torch.cat([r / s for r, s in zip(embedded.rows, model.layer_scales)], dim=1).numpy()
     embedded.rows.clear()
-    model.image_features = torch.cat([m[plan.bank] / s for m, s in zip(embedded.means, model.layer_scales)], dim=1)
+    model.set_image_features([m[plan.bank] for m in embedded.means])
     bank_sources = embedded.sources[in_bank].copy()
     bank_sources[:, 0] = np.searchsorted(plan.bank, bank_sources[:, 0])  # picture -> its place among the bank's
-    facts = _bank(model, patches[in_bank], bank_sources, "coreset")
-    timings["coreset_s"] = time.perf_counter() - t0
+    return patches, _bank(model, patches[in_bank], bank_sources, "coreset")
 
-    t0 = time.perf_counter()
+
+@dataclass
+class HeldOut:
+    """Nearest-bank distances of the good pictures the bank never saw, and of synthetic anomalies made from them."""
+
+    good: list[torch.Tensor]
+    synthetic: list[tuple]  # (picture, mask, kind) as training.anomalies.synthesize makes them
+    synthetic_distances: list[torch.Tensor]
+
+
+def score_held_out(model: PatchCore, trunk: Trunk, embedded: Embedded, patches: np.ndarray,
+                   plan: CalibrationPlan) -> HeldOut:
+    """Every held-out picture scored by a bank without it (the final bank, or one per fold when cross-fitting;
+    nuisance copies with one picture), with synthetic anomalies made from each."""
+    config, spec = model.config, TRUNKS[model.config.trunk]
     rng = np.random.default_rng(config.seed)
 
     def embedding(array: np.ndarray) -> torch.Tensor:
         return model.embed_image(trunk, normalise(array[None], spec.mean, spec.std))
 
-    def embedded_picture(i: int, patches: np.ndarray) -> torch.Tensor:
-        """Picture i's patch embedding [1, D, h, w], from the features computed once above (no second forward)."""
+    def embedded_picture(i: int) -> torch.Tensor:
+        """Picture i's patch embedding [1, D, h, w], from the features computed once (no second forward)."""
         rows = embedded.sources[:, 0] == i
         h, w = (int(embedded.sources[rows, axis].max()) + 1 for axis in (1, 2))
         return torch.from_numpy(patches[rows]).view(1, h, w, -1).permute(0, 3, 1, 2)
 
-    good_distances, synthetic, synthetic_distances = [], [], []
-    per_image = synthetic_per_image(NUISANCE_COPIES if plan.method == "copies" else len(held))
+    held = HeldOut([], [], [])
+    per_image = synthetic_per_image(NUISANCE_COPIES if plan.method == "copies" else len(plan.held))
     with torch.no_grad():
         for k, fold in enumerate(plan.folds):
             scorer = model
@@ -200,49 +199,84 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
                 scorer = PatchCore(config, model.layer_scales)
                 keep = ~np.isin(embedded.sources[:, 0], fold)
                 _bank(scorer, patches[keep], embedded.sources[keep], f"fold {k + 1}/{len(plan.folds)}")
-            pictures = [(embedded.arrays[i], embedded_picture(i, patches)) for i in fold]
+            pictures = [(embedded.arrays[i], embedded_picture(i)) for i in fold]
             if plan.method == "copies":
                 copies = [nuisance_copy(pictures[0][0], rng) for _ in range(NUISANCE_COPIES)]
                 pictures = [(copy, embedding(copy)) for copy in copies]
             for array, picture in progress(pictures, "calibration"):
-                good_distances.append(scorer.nearest_distances(picture))
+                held.good.append(scorer.nearest_distances(picture))
                 for _ in range(per_image):
                     made = synthesize(array, rng)
-                    synthetic.append(made)
-                    synthetic_distances.append(scorer.nearest_distances(embedding(made[0])))
-        del patches
-        model.fit_border_scale(good_distances)  # the border factors, then the scores they give
+                    held.synthetic.append(made)
+                    held.synthetic_distances.append(scorer.nearest_distances(embedding(made[0])))
+    return held
 
-        def scored(distances: torch.Tensor) -> tuple[float, np.ndarray]:
-            amap = model.anomaly_map(model.scale_borders(distances))
-            return float(model.image_score(amap)[0]), amap[0].numpy()
 
-        good_scores = [scored(d)[0] for d in good_distances]
-        synthetic_scores, synthetic_maps = zip(*[scored(d) for d in synthetic_distances])
-    real_scores = score_arrays(model, trunk, model_arrays(model, defects, "defects"))[0] if defects else None
+def threshold_evidence(model: PatchCore, held: HeldOut, real_scores: list[float] | None, plan: CalibrationPlan
+                       ) -> dict:
+    """The threshold and its evidence, from a model whose border factors are fitted: false alarms, the synthetic
+    (and real) anomalies' detection, the map's pointing game and heatmap AUROC on them."""
+    def scored(distances: torch.Tensor) -> tuple[float, np.ndarray]:
+        amap = model.anomaly_map(model.scale_borders(distances))
+        return float(model.image_score(amap)[0]), amap[0].numpy()
+
+    good_scores = [scored(d)[0] for d in held.good]
+    synthetic_scores, synthetic_maps = zip(*[scored(d) for d in held.synthetic_distances])
     evidence = calibrate(np.asarray(good_scores), np.asarray(synthetic_scores),
                          None if real_scores is None else np.asarray(real_scores))
     if plan.method == "copies":  # copies of a picture the bank holds are no unseen good pictures
         evidence["false_alarm_rate_unseen"] = None
-    masks = [mask for _, mask, _ in synthetic]
+    masks = [mask for _, mask, _ in held.synthetic]
     evidence["synthetic"]["pointing_game"] = round(float(np.mean(
         [pointing_game(amap, mask) for amap, mask in zip(synthetic_maps, masks)])), 4)
     aurocs = [a for a in (heatmap_auroc(amap, mask) for amap, mask in zip(synthetic_maps, masks)) if a is not None]
     evidence["synthetic"]["heatmap_auroc"] = round(float(np.mean(aurocs)), 4) if aurocs else None
-    timings["calibration_s"] = time.perf_counter() - t0
+    evidence["n_images"], evidence["n_synthetic"] = len(good_scores), len(synthetic_scores)
+    return evidence
 
-    out.mkdir(parents=True, exist_ok=True)
-    threshold = evidence.pop("threshold")
+
+def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 16, category: str | None = None,
+        defects: list[Sample] | None = None, trunk: Trunk | None = None) -> dict:
+    """Fit, calibrate and save the detector into `out`: the one Python API that the command line, the default
+    builds, a visitor's part and the notebook call. Returns the facts written to bundle.json; `trunk` may be an
+    already loaded one (the app's)."""
+    good = dataset.train_good
+    if not good:
+        raise DataError(f"{dataset.root} has no good training images to fit the detector on.")
+    plan = calibration_plan(len(good), config.calibration_fraction, config.seed)
+    trunk = trunk or create_trunk(config.trunk)
+    model = PatchCore(config)
+    clock = time.perf_counter()
+    timings = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
+
+    thumbs = out / RETRIEVAL_DIR
+    thumbs.mkdir(parents=True, exist_ok=True)
+    embedded = embed_pictures(model, trunk, good, batch_size, set(plan.held),
+                              {p: thumbs / thumbnail_name(b) for b, p in enumerate(plan.bank)})
+    lap("features_s")
+    patches, facts = build_bank(model, embedded, plan)
+    lap("coreset_s")
+    held = score_held_out(model, trunk, embedded, patches, plan)
+    del patches
+    model.fit_border_scale(held.good)  # the border factors, then every score they give
+    real_scores = score_arrays(model, trunk, model_arrays(model, defects, "defects"))[0] if defects else None
+    evidence = threshold_evidence(model, held, real_scores, plan)
+    lap("calibration_s")
     names = [relative_name(s.path, dataset.root) for s in good]
+    threshold = evidence.pop("threshold")
     info = {
         "threshold": threshold,
         "threshold_rule": evidence.pop("threshold_rule"),
-        "calibration": {"method": plan.method, "folds": len(plan.folds), "n_images": len(good_scores),
-                        "n_synthetic": len(synthetic_scores), "n_real_defects": len(real_scores or []), **evidence,
-                        "images": [names[i] for i in sorted(held)]},
+        "calibration": {"method": plan.method, "folds": len(plan.folds), "n_images": evidence.pop("n_images"),
+                        "n_synthetic": evidence.pop("n_synthetic"), "n_real_defects": len(real_scores or []),
+                        **evidence, "images": [names[i] for i in sorted(plan.held)]},
         "bank_images": [names[i] for i in plan.bank],
         "border_scale": [round(float(f), 4) for f in model.border_scale],
-        "fit": {**facts, **{k: round(v, 2) for k, v in timings.items()}},
+        "fit": {**facts, **timings},
     }
     save_patchcore(out, model, info)
     describe(out, dataset, config.trunk, config.input_size, category, ("patchcore", threshold))
