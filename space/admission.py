@@ -10,6 +10,7 @@ class, the jobs queued or running and a token-bucket rate; and per caller, a sha
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -110,14 +111,21 @@ class Limits:
         return self.rules[EVENTS[event]]
 
 
+CLASS_TWINS = {"explain": ("explain_slow",), "explain_slow": ("explain",)}
+
+
 def job_class(event: str, data, slow: Callable[[], list[str]]) -> str:
-    """The class a job counts in: its event's, except an explanation asking for a slow method."""
+    """The class a job counts in: its event's, except an explanation asking for a slow method (its arguments by
+    position, or by name as Gradio's /call/v2 takes them)."""
     cls = EVENTS[event]
-    if cls == "explain" and isinstance(data, list) and len(data) >= 3:
-        asked = data[2] if isinstance(data[2], list) else [data[2]]
-        if any(m in slow() for m in asked if isinstance(m, str)):
-            return "explain_slow"
-    return cls
+    if cls != "explain":
+        return cls
+    if isinstance(data, dict):
+        asked = data.get("method", data.get("methods"))
+    else:
+        asked = data[2] if isinstance(data, list) and len(data) >= 3 else None
+    asked = asked if isinstance(asked, list) else [asked]
+    return "explain_slow" if any(isinstance(m, str) and m in slow() for m in asked) else cls
 
 
 def caller_key(host: str | None, headers: Mapping[str, str], behind_proxy: bool) -> str:
@@ -127,8 +135,17 @@ def caller_key(host: str | None, headers: Mapping[str, str], behind_proxy: bool)
     if behind_proxy:
         hops = [h.strip() for h in headers.get("x-forwarded-for", "").split(",") if h.strip()]
         if hops:
-            return hops[-1]
-    return host or "unknown"
+            return _network(hops[-1])
+    return _network(host) if host else "unknown"
+
+
+def _network(address: str) -> str:
+    """An IPv6 caller is its /64 (one subscriber's block: rotating through it must not make a new caller)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
 
 
 class CallerRate:
@@ -198,8 +215,14 @@ class Door:
         """The job of `caller` that joined as `event` (with arguments `data`) runs for the duration of the block."""
         key = (caller, job_class(event, data, self.slow))
         with self._lock:
-            if self._queued.get(key):
-                self._queued[key].pop(0)
+            # the join's class, when a request named its arguments differently from how they run (Gradio's
+            # /call/v2 takes them by name): a slow and a fast explanation share one ticket between them
+            joined = key if self._queued.get(key) else next(
+                ((caller, c) for c in CLASS_TWINS.get(key[1], ()) if self._queued.get((caller, c))), key)
+            if self._queued.get(joined):
+                self._queued[joined].pop(0)
+                if not self._queued[joined]:
+                    del self._queued[joined]
             self._running[key] += 1
         try:
             yield
@@ -226,9 +249,9 @@ class Door:
             while len(self._sessions) > 100_000:
                 self._sessions.popitem(last=False)
 
-    def take_upload(self, caller: str, size: int) -> None:
-        """Count an upload of `size` bytes for `caller`, or raise Refused when it would pass the caller's or
-        everyone's budget for the window."""
+    def take_upload(self, caller: str, size: int) -> list:
+        """Reserve an upload of `size` declared bytes for `caller`, or raise Refused when it would pass the caller's
+        or everyone's budget for the window; `settle_upload` then counts what actually arrived."""
         limits = self.limits
         with self._lock:
             now = self.clock()
@@ -241,7 +264,23 @@ class Door:
             if sum(n for _, _, n in self._uploads) + size > limits.upload_total:
                 raise Refused("This server has taken all the uploads it can hold for now; try again in a few "
                               "minutes.")
-            self._uploads.append((now, caller, size))
+            entry = [now, caller, size]
+            self._uploads.append(entry)
+            return entry
+
+    def settle_upload(self, entry: list, received: int) -> None:
+        """An upload reserved by `take_upload` ended: it counts the bytes that arrived, not those declared."""
+        with self._lock:
+            entry[2] = min(entry[2], received)
+
+    def withdraw(self, caller: str, event: str, data=None) -> None:
+        """A job the door admitted that Gradio then refused: it no longer counts."""
+        key = (caller, job_class(event, data, self.slow))
+        with self._lock:
+            if self._queued.get(key):
+                self._queued[key].pop()
+                if not self._queued[key]:
+                    del self._queued[key]
 
     def pending(self, caller: str) -> int:
         """Jobs of `caller` queued or running, all classes."""
@@ -284,15 +323,12 @@ class AdmissionMiddleware:
         limit = self.door.limits.body_bytes
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         declared = headers.get("content-length", "")
-        if scope["path"].rstrip("/").endswith("/upload"):  # files: Gradio caps each as it streams; the door counts
-            if not declared.isdigit():
-                return await _answer(send, 411, "An upload must declare its length.")
-            host = (scope.get("client") or (None,))[0]
-            try:
-                self.door.take_upload(caller_key(host, headers, self.behind_proxy), int(declared))
-            except Refused as refusal:
-                return await _answer(send, 429, str(refusal))
-            return await self.app(scope, receive, send)
+        path = scope["path"].rstrip("/")
+        caller = caller_key((scope.get("client") or (None,))[0], headers, self.behind_proxy)
+        if path.endswith("/gradio_api/upload"):  # files: Gradio caps each as it streams; the door counts them
+            return await self._upload(scope, receive, send, caller, declared)
+        if "/stream/" in path:  # no event of ours streams: nothing may swap a queued job's arguments
+            return await _answer(send, 404, "This server has no streaming events.")
         if declared.isdigit() and int(declared) > limit:
             return await _answer(send, 413, f"A request may carry at most {limit // 1024} KB.")
         body = b""
@@ -306,19 +342,18 @@ class AdmissionMiddleware:
             if len(body) > limit:
                 return await _answer(send, 413, f"A request may carry at most {limit // 1024} KB.")
         payload = _json(body)
-        event = self._event(scope["path"], payload)
-        if event is not None:
-            host = (scope.get("client") or (None,))[0]
-            caller = caller_key(host, headers, self.behind_proxy)
-            try:
+        event = self._event(path, payload) if scope["method"] == "POST" else None
+        data = payload.get("data", payload if "/call/v2/" in path else None)
+        try:
+            if isinstance(payload.get("session_hash"), str):  # any route that would make a page session
+                self.door.take_session(caller, payload["session_hash"])
+            if event is not None:
                 self.uploads_only(payload)
-                if isinstance(payload.get("session_hash"), str):  # a page's join (a script's /call names none)
-                    self.door.take_session(caller, payload["session_hash"])
-                self.door.admit(caller, event, payload.get("data"))
-            except Refused as refusal:
-                return await _answer(send, 422, [{"__type__": "validate", "is_valid": False,
-                                                  "message": str(refusal), "parameter_name": "request"}])
-        sent = False
+                self.door.admit(caller, event, data)
+        except Refused as refusal:
+            return await _answer(send, 422, [{"__type__": "validate", "is_valid": False,
+                                              "message": str(refusal), "parameter_name": "request"}])
+        sent, status = False, [None]
 
         async def replay():
             nonlocal sent
@@ -327,8 +362,36 @@ class AdmissionMiddleware:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        return await self.app(scope, replay, send)
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
 
+        try:
+            return await self.app(scope, replay, watch)
+        finally:
+            if event is not None and status[0] != 200:  # Gradio refused the join: the job never queued
+                self.door.withdraw(caller, event, data)
+
+    async def _upload(self, scope, receive, send, caller: str, declared: str):
+        if not declared.isdigit():
+            return await _answer(send, 411, "An upload must declare its length.")
+        try:
+            entry = self.door.take_upload(caller, int(declared))
+        except Refused as refusal:
+            return await _answer(send, 429, str(refusal))
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
+
+        try:
+            return await self.app(scope, counted, send)
+        finally:
+            self.door.settle_upload(entry, received)
 
     def uploads_only(self, payload: dict) -> None:
         """Refuse a job whose file arguments are not files uploaded here (a URL, a data: URL, a server path):
@@ -352,7 +415,6 @@ class AdmissionMiddleware:
     def _event(self, path: str, payload: dict) -> str | None:
         """The event a request joins the queue for (None: not a join). The page joins with a function index in
         the body; a script's POST /call/<api_name> (Gradio's simple REST API) names it in the path."""
-        path = path.rstrip("/")
         if path.endswith("/queue/join"):
             return self.event_of(payload.get("fn_index"))
         named = CALL_ROUTE.search(path)
@@ -363,7 +425,7 @@ def _json(body: bytes) -> dict:
     """A request body's JSON object; {} when it is none (Gradio answers a malformed request itself)."""
     try:
         payload = json.loads(body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
         return {}
     return payload if isinstance(payload, dict) else {}
 

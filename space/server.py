@@ -35,7 +35,11 @@ class Space:
 
     def event_of(self, fn_index: int | None) -> str:
         """The event (api_name) a queue join asks for; Gradio's own events share one name."""
-        fn = self.demo.fns.get(fn_index) if isinstance(fn_index, int) else None
+        try:  # Gradio reads "3" and 3.0 as function 3: so does the door
+            index = int(fn_index) if float(fn_index) == int(float(fn_index)) else None
+        except (TypeError, ValueError, OverflowError):
+            index = None
+        fn = self.demo.fns.get(index) if index is not None else None
         name = getattr(fn, "api_name", None)
         return name if name in EVENTS else INTERNAL
 

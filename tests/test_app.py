@@ -142,7 +142,8 @@ def test_gradio_client_round_trip(catalogue, part, tmp_path, serve):
 
     from space.admission import Limits
 
-    limits = Limits().relaxed(detect={"per_caller": 16, "burst": 1000}, explain={"burst": 100})
+    limits = Limits().relaxed(detect={"per_caller": 16, "burst": 1000}, explain={"burst": 100},
+                              explain_slow={"burst": 100})
     with serve(catalogue, limits=limits) as (url, _):
         client = Client(f"{url}/", verbose=False)
         api = client.view_api(print_info=False, return_format="dict")

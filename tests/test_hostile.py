@@ -434,3 +434,27 @@ def test_one_callers_slow_explanations_do_not_hold_up_anothers_fast_one(space_se
                              json={"data": [upload(server, part), "binary", "anomaly_map"]}).json()["event_id"]
             fast_done = finish("explain", fast)
             assert fast_done < slow.result()
+
+
+def test_the_door_has_no_side_entrances(space_server):
+    """What a hostile review found: a function index sent as text or a float is the same event to the door; a
+    body nested deeper than Python's stack is answered, not a server error; only the upload route itself skips the
+    body cap; nothing may swap a queued job's arguments through the streaming route; a join Gradio refuses is not
+    counted against its caller."""
+    import httpx
+
+    server, space = space_server
+    fit = next(i for i, fn in space.demo.fns.items() if fn.api_name == "fit")
+    assert space.event_of(str(fit)) == space.event_of(float(fit)) == space.event_of(fit) == "fit"
+    caller = visitor("198.51.100.90")
+    with httpx.Client(timeout=30) as http:
+        nested = http.post(f"{server}/gradio_api/queue/join", content=b"[" * 200_000,
+                           headers={"content-type": "application/json", **caller})
+        assert nested.status_code != 500
+        big = http.post(f"{server}/gradio_api/call/upload", content=b"x" * (2 << 20), headers=caller)
+        assert big.status_code == 413
+        assert http.post(f"{server}/gradio_api/stream/abc", json={"data": []}, headers=caller).status_code == 404
+        for _ in range(3):  # no session: Gradio refuses the join (400); the fit class's one place stays free
+            refused = http.post(f"{server}/gradio_api/queue/join", json={"fn_index": fit, "data": []}, headers=caller)
+            assert refused.status_code == 400
+    assert space.door.pending("198.51.100.90") == 0
