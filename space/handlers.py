@@ -8,7 +8,6 @@ handler may cost is the door's business (`space.admission`), before it runs.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -197,10 +196,3 @@ class Handlers:
             raise ServiceError("Choose a category you made (with Fit) first: only those can be downloaded "
                                "or published from here.")
         return category
-
-
-def events(handlers: Handlers) -> dict[str, Callable]:
-    """Every handler by the event (api_name) it serves."""
-    return {fn.event: getattr(handlers, name) for name, fn in inspect.getmembers(type(handlers))
-            if hasattr(fn, "event")}
-
