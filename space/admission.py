@@ -125,7 +125,8 @@ def job_class(event: str, data, slow: Callable[[], list[str]]) -> str:
     else:
         asked = data[2] if isinstance(data, list) and len(data) >= 3 else None
     asked = asked if isinstance(asked, list) else [asked]
-    return "explain_slow" if any(isinstance(m, str) and m in slow() for m in asked) else cls
+    slow_ones = set(slow())
+    return "explain_slow" if any(isinstance(m, str) and m in slow_ones for m in asked) else cls
 
 
 def caller_key(host: str | None, headers: Mapping[str, str], behind_proxy: bool) -> str:

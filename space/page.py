@@ -18,6 +18,8 @@ from space.render import build_markdown
 from space.settings import Settings
 from xai.explainers import slow_methods
 
+PROCESS_API = inspect.signature(gr.Blocks.process_api)  # read once: every job passes through it
+
 
 class AdmittedBlocks(gr.Blocks):
     """gr.Blocks whose every job of ours counts as running in the door from the start of its input processing to
@@ -29,7 +31,7 @@ class AdmittedBlocks(gr.Blocks):
         self.door, self.behind_proxy = door, behind_proxy
 
     async def process_api(self, *args, **kwargs):
-        called = inspect.signature(gr.Blocks.process_api).bind(self, *args, **kwargs).arguments
+        called = PROCESS_API.bind(self, *args, **kwargs).arguments
         fn, request, inputs = called["block_fn"], called.get("request"), called.get("inputs")
         fn = self.fns[fn] if isinstance(fn, int) else fn
         event = getattr(fn, "api_name", None)
