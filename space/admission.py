@@ -69,7 +69,8 @@ CALL_ROUTE = re.compile(r"/call/(?:v2/)?([^/]+)$")  # Gradio's REST API: POST /g
 EVENTS: dict[str, str] = {
     "detect": "detect", "ui_detect": "detect",
     "explain": "explain", "ui_explain": "explain", "ui_download": "download",
-    "info": "info", "ui_category": "info", "ui_cancel": "info", "ui_build_status": "info",
+    "info": "info", "ui_category": "info", "ui_cancel": "info", "cancel_training": "info",
+    "ui_build_status": "info",
     "fit": "fit", "ui_fit": "fit", "train_classifier": "fit", "ui_train": "fit",
     "ui_publish": "publish", INTERNAL: "internal",
 }
@@ -129,14 +130,15 @@ def job_class(event: str, data, slow: Callable[[], list[str]]) -> str:
     return "explain_slow" if any(isinstance(m, str) and m in slow_ones for m in asked) else cls
 
 
-def caller_key(host: str | None, headers: Mapping[str, str], behind_proxy: bool) -> str:
-    """Who is calling, for per-caller limits. On a Hugging Face Space the rightmost x-forwarded-for entry, which
-    the Space's proxy appends and a client cannot forge; elsewhere the socket's peer, since any client can send
-    that header. Never the session hash, which the client chooses."""
-    if behind_proxy:
+def caller_key(host: str | None, headers: Mapping[str, str], trusted_hops: int) -> str:
+    """Who is calling, for per-caller limits. Behind `trusted_hops` proxies that each append the address they were
+    reached from to x-forwarded-for, the caller is the entry that many from the right (a client may write anything
+    to the left of it, never there); with 0, the socket's peer, since any client can send that header. Never the
+    session hash, which the client chooses."""
+    if trusted_hops > 0:
         hops = [h.strip() for h in headers.get("x-forwarded-for", "").split(",") if h.strip()]
-        if hops:
-            return _network(hops[-1])
+        if hops:  # fewer entries than proxies: the farthest a trusted proxy wrote
+            return _network(hops[-min(trusted_hops, len(hops))])
     return _network(host) if host else "unknown"
 
 
@@ -313,9 +315,9 @@ class AdmissionMiddleware:
     A refusal is answered the way Gradio answers a failed validator (422), so gradio_client raises it with the
     message and the page shows it."""
 
-    def __init__(self, app, door: Door, event_of: Callable[[int | None], str | None], behind_proxy: bool,
+    def __init__(self, app, door: Door, event_of: Callable[[int | None], str | None], trusted_hops: int,
                  upload_root: str):
-        self.app, self.door, self.event_of, self.behind_proxy = app, door, event_of, behind_proxy
+        self.app, self.door, self.event_of, self.trusted_hops = app, door, event_of, trusted_hops
         self.upload_root = Path(upload_root).resolve()
 
     async def __call__(self, scope, receive, send):
@@ -325,7 +327,7 @@ class AdmissionMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         declared = headers.get("content-length", "")
         path = scope["path"].rstrip("/")
-        caller = caller_key((scope.get("client") or (None,))[0], headers, self.behind_proxy)
+        caller = caller_key((scope.get("client") or (None,))[0], headers, self.trusted_hops)
         if path.endswith("/gradio_api/upload"):  # files: Gradio caps each as it streams; the door counts them
             return await self._upload(scope, receive, send, caller, declared)
         if "/stream/" in path:  # no event of ours streams: nothing may swap a queued job's arguments

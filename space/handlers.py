@@ -50,12 +50,12 @@ def handler(event: str) -> Callable:
     return wrap
 
 
-def request_caller(request: gr.Request | None, behind_proxy: bool) -> str:
+def request_caller(request: gr.Request | None, trusted_hops: int) -> str:
     """The caller key of a Gradio request (see space.admission.caller_key); "local" for an in-process call."""
     if request is None:
         return "local"
     host = getattr(getattr(request, "client", None), "host", None)
-    return caller_key(host, {k.lower(): v for k, v in (request.headers or {}).items()}, behind_proxy)
+    return caller_key(host, {k.lower(): v for k, v in (request.headers or {}).items()}, trusted_hops)
 
 
 def _paths(files) -> list[str]:
@@ -79,7 +79,7 @@ class Handlers:
 
     def caller(self, request: gr.Request | None) -> str:
         """The caller's key (the owner of what they make), as the door computed it when the job joined."""
-        return request_caller(request, self.settings.behind_proxy)
+        return request_caller(request, self.settings.trusted_hops)
 
     # -- what the page shows for a category ------------------------------------------------------
     def methods_for(self, category: str | None) -> list[str]:
@@ -132,6 +132,13 @@ class Handlers:
         """Train the CNN head of a category made by /fit (slow; queued): the gradient explainers become available."""
         return self.parts.train(category, self.caller(request))
 
+    @handler("cancel_training")
+    def cancel_training(self, category, request: gr.Request = None):
+        """Stop the classifier training of a category you made, at its next step (it keeps what it had)."""
+        cancelled = self.parts.cancel(category, self.caller(request))
+        return {"category": category, "cancelled": cancelled,
+                "message": "Stopping at the next step." if cancelled else "No classifier is training for it."}
+
     # -- the page's own events ---------------------------------------------------------------------
     @handler("ui_detect")
     def page_detect(self, image, category, request: gr.Request = None):
@@ -176,11 +183,12 @@ class Handlers:
 
     @handler("ui_download")
     def page_download(self, category, request: gr.Request = None):
-        return self.catalogue.made.archive(self._own_id(category))
+        return self.parts.download(self._own_id(category), self.caller(request))
 
     @handler("ui_publish")
     def page_publish(self, category, repo, token: gr.OAuthToken | None, request: gr.Request = None):
-        return self.parts.publish(self._own_id(category), repo, None if token is None else token.token)
+        return self.parts.publish(self._own_id(category), repo, None if token is None else token.token,
+                                  self.caller(request))
 
     @handler("ui_build_status")
     def build_tick(self, current, own, request: gr.Request = None):

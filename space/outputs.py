@@ -58,13 +58,16 @@ class OutputFolder:
 
 
 class CacheSweeper:
-    """Deletes files older than `age_s` under `folders` every `every_s` seconds, in a daemon thread: every
-    upload and every returned picture lands in Gradio's cache and nothing else removes it. (Gradio's own
-    delete_cache iterates a set that requests are adding to, and its task dies at the first collision:
-    "Set changed size during iteration", seen in the soak run.)"""
+    """Deletes files older than `age_s` under `folders` every `every_s` seconds, in a daemon thread, and then the
+    oldest first while all of them together hold more than `max_bytes`: every upload and every returned picture
+    lands in Gradio's cache and nothing else removes it. (Gradio's own delete_cache iterates a set that requests
+    are adding to, and its task dies at the first collision: "Set changed size during iteration", seen in the
+    soak run.)"""
 
-    def __init__(self, folders: list[str | os.PathLike], every_s: float, age_s: float):
+    def __init__(self, folders: list[str | os.PathLike], every_s: float, age_s: float,
+                 max_bytes: int | None = None):
         self.folders, self.every_s, self.age_s = [Path(f) for f in folders], every_s, age_s
+        self.max_bytes = max_bytes
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cache-sweeper", daemon=True)
 
@@ -80,20 +83,44 @@ class CacheSweeper:
                 LOG.exception("cache sweep failed")
 
     def sweep(self) -> int:
-        """Delete what is older than age_s (and folders left empty); returns how many files went."""
+        """Delete what is older than age_s (and folders left empty), then the oldest while the total is over
+        max_bytes; returns how many files went."""
         cutoff = time.time() - self.age_s
         gone = 0
+        kept: list[tuple[float, int, Path]] = []  # (modified, bytes, path) of the files left
         for folder in self.folders:
             if not folder.is_dir():
                 continue
             for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
                 try:
                     if path.is_file() or path.is_symlink():
-                        if path.lstat().st_mtime < cutoff:
+                        stat = path.lstat()
+                        if stat.st_mtime < cutoff:
                             path.unlink()
                             gone += 1
+                        else:
+                            kept.append((stat.st_mtime, stat.st_size, path))
                     elif path.is_dir() and not any(path.iterdir()) and path.stat().st_mtime < cutoff:
                         path.rmdir()
                 except (FileNotFoundError, OSError):
                     continue
+        return gone + self._trim(kept)
+
+    def _trim(self, files: list[tuple[float, int, Path]]) -> int:
+        """Delete the oldest of `files` until they hold at most max_bytes together (logged: the budget is met by
+        deleting pictures younger than the sweep's age, which a visitor may still be about to fetch)."""
+        total = sum(size for _, size, _ in files)
+        if self.max_bytes is None or total <= self.max_bytes:
+            return 0
+        gone, freed = 0, 0
+        for _, size, path in sorted(files):
+            if total - freed <= self.max_bytes:
+                break
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            gone, freed = gone + 1, freed + size
+        LOG.warning("cache over its %d MB budget (%d MB): deleted the %d oldest files", self.max_bytes >> 20,
+                    total >> 20, gone)
         return gone

@@ -26,9 +26,9 @@ class AdmittedBlocks(gr.Blocks):
     its answer, whether it fails in Gradio's processing or in our handler, so the door's count of a caller's jobs
     is exact (a job that never starts, its caller gone, is forgotten after its class's forget_s)."""
 
-    def __init__(self, door: Door, behind_proxy: bool, **options):
+    def __init__(self, door: Door, trusted_hops: int, **options):
         super().__init__(**options)
-        self.door, self.behind_proxy = door, behind_proxy
+        self.door, self.trusted_hops = door, trusted_hops
 
     async def process_api(self, *args, **kwargs):
         called = PROCESS_API.bind(self, *args, **kwargs).arguments
@@ -37,7 +37,7 @@ class AdmittedBlocks(gr.Blocks):
         event = getattr(fn, "api_name", None)
         if event not in EVENTS or isinstance(request, list):
             return await super().process_api(*args, **kwargs)
-        with self.door.running(request_caller(request, self.behind_proxy), event, inputs):
+        with self.door.running(request_caller(request, self.trusted_hops), event, inputs):
             return await super().process_api(*args, **kwargs)
 
 
@@ -57,7 +57,7 @@ class Wiring:
 def build_page(handlers: Handlers, catalogue: Catalogue, settings: Settings, door: Door) -> gr.Blocks:
     """The Blocks app: the inspection page, the part section, and the hidden components of the public API."""
     wire = Wiring(settings.limits)
-    with AdmittedBlocks(door, settings.behind_proxy, title="defect-xai", fill_width=True) as demo:
+    with AdmittedBlocks(door, settings.trusted_hops, title="defect-xai", fill_width=True) as demo:
         gr.Markdown("# defect-xai — explainable visual inspection\nUpload a photo of a part: the verdict comes "
                     "first, then *where* (anomaly map) and *why* (the explanations you pick).")
         build_text = gr.Markdown(build_markdown(handlers.build)) if handlers.build is not None else None
@@ -181,10 +181,11 @@ def _api(handlers: Handlers, wire: Wiring) -> None:
         api_method = gr.Textbox(label="method")
         api_out_image = gr.Image(format="jpeg")  # ~10x smaller than PNG for photos: faster round trips
         api_out_json = gr.JSON()
-        buttons = [gr.Button() for _ in range(5)]
+        buttons = [gr.Button() for _ in range(6)]
     wire(buttons[0].click, handlers.detect, [api_image, api_category], [api_out_image, api_out_json], private=False)
     wire(buttons[1].click, handlers.explain, [api_image, api_category, api_method], [api_out_image, api_out_json],
          private=False)
     wire(buttons[2].click, handlers.info, None, api_out_json, private=False)
     wire(buttons[3].click, handlers.fit, [api_images, api_name], api_out_json, private=False)
     wire(buttons[4].click, handlers.train_classifier, api_category, api_out_json, private=False)
+    wire(buttons[5].click, handlers.cancel_training, api_category, api_out_json, private=False)

@@ -77,7 +77,7 @@ class Parts:
         name = clean_name(name)
         limits = self.store.limits
         start = time.perf_counter()
-        cid, folder = self.store.new_folder()
+        cid, folder = self.store.new_folder(caller)  # a full server refuses before any upload is read
         try:
             pictures = gather(files, folder / PICTURES, limits.max_pictures, limits.max_fit_bytes)
             megapixels = fit_megapixels(pictures)
@@ -87,8 +87,7 @@ class Parts:
                                 "pictures closer to square (each is seen at 320 px on its shorter side).")
             left = limits.max_fit_bytes - sum(p.stat().st_size for p in pictures)  # one budget for all files
             bad = gather(defects, folder / "defects", limits.max_defects, left, "defective pictures") if defects else []
-            with run_errors(PartError):
-                card = run_low_priority(fit_part, pictures, folder / BUNDLE, name, self.trunk(), bad)
+            card = self._fit_in_time(pictures, folder / BUNDLE, name, bad)
             category = self.store.add(cid, name, caller, self.catalogue.load_bundle(folder / BUNDLE))
         except BaseException:
             self.store.discard(folder)
@@ -100,6 +99,21 @@ class Parts:
                 "threshold": round(float(meta["threshold"]), 6), "seconds": round(time.perf_counter() - start, 2),
                 "report": card, "expires_at": _iso(category.expires_at),
                 "train_estimate_s": training_estimate_s(meta["fit"]["features_s"])}
+
+    def _fit_in_time(self, pictures: list[Path], bundle: Path, name: str, defects: list[Path]) -> dict:
+        """training.part.fit_part at low priority, stopped at its next step once it has run max_fit_s."""
+        budget = self.store.limits.max_fit_s
+        over = threading.Event()
+        timer = threading.Timer(budget, over.set)
+        timer.start()
+        try:
+            with stop_when(over), run_errors(PartError):
+                return run_low_priority(fit_part, pictures, bundle, name, self.trunk(), defects)
+        except Cancelled:
+            raise PartError(f"This fit ran past its time budget ({budget:g} s) and was stopped; send fewer or "
+                            "smaller pictures.") from None
+        finally:
+            timer.cancel()
 
     def train(self, cid, caller: str) -> dict:
         """Train the CNN head of category `cid` on its pictures, then its explanation table: the new report card.
@@ -119,13 +133,20 @@ class Parts:
                 self._stops.pop(cid, None)
 
     def cancel(self, cid, caller: str) -> bool:
-        """Ask the training of `cid` to stop at its next step (its maker only); False when none is running."""
-        flag = self._stops.get(cid) if isinstance(cid, str) else None
-        if flag is not None:
-            self._check_owner(cid, caller, "cancel the training of")
+        """Ask the training of `cid` to stop at its next step (its maker only); False when none is running or `cid`
+        is no category made here (whether it exists is not told to anyone but its maker)."""
+        if not isinstance(cid, str) or cid not in self.store:
+            return False
+        self._check_owner(cid, caller, "cancel the training of")
+        flag = self._stops.get(cid)
         if flag is not None:
             flag.set()
         return flag is not None
+
+    def download(self, cid, caller: str) -> str:
+        """Category `cid`'s bundle as a zip file (its maker only)."""
+        self._check_owner(cid, caller, "download")
+        return self.store.archive(cid)
 
     def _check_owner(self, cid: str, caller: str, what: str) -> None:
         owner = self.store.get(cid).owner
@@ -160,9 +181,10 @@ class Parts:
         return {"category": cid, "name": category.name, "seconds": round(time.perf_counter() - start, 2),
                 "methods": category.inspector.methods(), "report": card}
 
-    def publish(self, cid: str, repo: str, token: str | None) -> str:
-        """Upload category `cid`'s bundle to `<the token's user>/<repo>` with training.publish; Markdown for the
-        page. The token is used for this call only and kept nowhere."""
+    def publish(self, cid: str, repo: str, token: str | None, caller: str) -> str:
+        """Upload category `cid`'s bundle to `<the token's user>/<repo>` with training.publish (its maker only);
+        Markdown for the page. The token is used for this call only and kept nowhere."""
+        self._check_owner(cid, caller, "publish")
         if not token:
             raise PartError("Sign in with Hugging Face first (the button above; on a Hugging Face Space only).")
         if not isinstance(repo, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", repo.strip()):

@@ -47,7 +47,7 @@ class Space:
         """How the app is served: the door in front of every route, errors reach callers only as our own messages
         (gr.Error), uploads capped at what xai.io accepts, and sessions held in memory bounded."""
         door = Middleware(AdmissionMiddleware, door=self.door, event_of=self.event_of,
-                          behind_proxy=self.settings.behind_proxy, upload_root=demo_cache_folder())
+                          trusted_hops=self.settings.trusted_hops, upload_root=demo_cache_folder())
         return {"max_file_size": self.settings.max_upload_bytes, "show_error": False,
                 "state_session_capacity": self.settings.sessions, "mcp_server": False,
                 "app_kwargs": {"middleware": [door]}}
@@ -64,7 +64,7 @@ def create(settings: Settings, catalogue: Catalogue | None = None, build=None) -
     in the background (training.defaults.BackgroundBuild), shown until it is ready."""
     catalogue = catalogue or Catalogue.from_sources(settings.sources, settings.categories, settings.category_dir)
     outputs = OutputFolder(max_age_s=settings.cache_sweep[1])
-    CacheSweeper([demo_cache_folder(), outputs.root], *settings.cache_sweep).start()
+    CacheSweeper([demo_cache_folder(), outputs.root], *settings.cache_sweep, settings.cache_bytes).start()
     door = Door(settings.limits, slow=slow_methods)
     handlers = Handlers(catalogue, Parts(catalogue), outputs, settings, build)
     return Space(build_page(handlers, catalogue, settings, door), door, catalogue, outputs, settings)

@@ -23,7 +23,8 @@ class Settings:
     """How this Space runs."""
 
     bundles: str | None = None  # DEFECT_XAI_BUNDLES: folders or Hub ids; None: the published ones, or a build
-    category_dir: str | None = None  # DEFECT_XAI_CATEGORY_DIR: categories made here are kept and shared
+    category_dir: str | None = None  # DEFECT_XAI_CATEGORY_DIR: categories made here are kept (listed: see
+    # CategoryLimits.list_kept, DEFECT_XAI_LIST_KEPT)
     build: tuple[str, ...] = ()  # DEFECT_XAI_BUILD: default categories to build in the background, in order
     # ("solar-cells", "mvtec:FOLDER"); with no bundles reachable at all, solar-cells is built anyway
     build_cache: Path = Path.home() / ".cache" / "defect-xai" / "bundles"  # DEFECT_XAI_CACHE: where they go
@@ -32,11 +33,15 @@ class Settings:
     server_name: str | None = None  # GRADIO_SERVER_NAME
     server_port: int | None = None  # GRADIO_SERVER_PORT
     on_space: bool = False  # SPACE_ID set: a Hugging Face Space, where Sign in with Hugging Face (OAuth) exists ...
-    behind_proxy: bool = False  # ... and whose proxy appends the caller's address to x-forwarded-for (trusted)
+    # DEFECT_XAI_TRUSTED_HOPS: proxies in front of the app that each append to x-forwarded-for; the caller is that
+    # many entries from the right. A Space has one (its proxy appends the visitor's address; the socket's peer is
+    # an internal 10.x address), so the default is 1 with SPACE_ID set and 0 (the socket's peer) elsewhere.
+    trusted_hops: int = 0
     limits: Limits = field(default_factory=Limits)
     categories: CategoryLimits = field(default_factory=CategoryLimits)
     max_upload_bytes: int = MAX_BYTES  # one uploaded file
     cache_sweep: tuple[int, int] = (300, 1800)  # every 5 min, delete uploads and returned files older than 30 min
+    cache_bytes: int = 4 * 1024**3  # ... and then the oldest while they hold more than this (the uploads' budget)
     sessions: int = 10_000  # page sessions held in memory (a few kB each); new ones are rate-limited per caller
 
     @classmethod
@@ -49,13 +54,15 @@ class Settings:
             "server_name": env.get("GRADIO_SERVER_NAME") or None,
             "server_port": int(env["GRADIO_SERVER_PORT"]) if env.get("GRADIO_SERVER_PORT") else None,
             "on_space": bool(env.get("SPACE_ID")),
-            "behind_proxy": bool(env.get("SPACE_ID")),
+            "trusted_hops": int(bool(env.get("SPACE_ID"))),
         }
+        if env.get("DEFECT_XAI_LIST_KEPT", "").lower() in ("1", "true", "yes"):
+            values["categories"] = CategoryLimits(list_kept=True)
         if env.get("DEFECT_XAI_CACHE"):
             values["build_cache"] = Path(env["DEFECT_XAI_CACHE"])
         if env.get("DEFECT_XAI_BUILD"):
             values["build"] = tuple(s.strip() for s in env["DEFECT_XAI_BUILD"].split(",") if s.strip())
-        for key, name in (("build_epochs", "DEFECT_XAI_BUILD_EPOCHS"),
+        for key, name in (("build_epochs", "DEFECT_XAI_BUILD_EPOCHS"), ("trusted_hops", "DEFECT_XAI_TRUSTED_HOPS"),
                           ("build_elpv_size", "DEFECT_XAI_BUILD_ELPV_SIZE")):
             if env.get(name):
                 values[key] = int(env[name])

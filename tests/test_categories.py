@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from space.categories import CategoryGone, CategoryLimits, CategoryStore
+from space.categories import CategoryGone, CategoryLimits, CategoryStore, ServerFull
 from space.uploads import UploadError, gather
 
 
@@ -44,17 +44,29 @@ def test_ids_are_unguessable_and_a_category_expires_with_its_files(tmp_path):
         store.get("A" * 22)
 
 
-def test_the_cap_drops_the_least_recently_used_and_says_so():
+def test_a_full_server_refuses_a_new_category_until_one_is_idle_and_says_so():
+    """Two visitors' categories in use fill the server: a third visitor's fit is refused up front with the wait,
+    never taking theirs; once nobody has used one for idle_s, the least recently used of those makes room."""
     clock = Clock()
-    store = CategoryStore(CategoryLimits(capacity=2, per_caller=5), clock=clock)
+    store = CategoryStore(CategoryLimits(capacity=2, per_caller=5, idle_s=600), clock=clock)
     first, second = _fitted(store, "a"), _fitted(store, "b")
-    clock.now += 1
+    clock.now += 300
     store.get(first)  # now the second is the least recently used
+    with pytest.raises(ServerFull, match=r"holds 2 categories.*one frees in about 5 minutes"):
+        store.new_folder("c")
+    cid, folder = store.new_folder()  # a fit that started before the server filled up is refused when done
+    with pytest.raises(ServerFull):
+        store.add(cid, "late", "c", "inspector")
+    store.discard(folder)  # (as Parts.fit does with a failed fit's folder)
+    assert {c.id for c in store.held()} == {first, second} and len(list(store.root.iterdir())) == 2
+    clock.now += 301
     third = _fitted(store, "c")
     assert {c.id for c in store.held()} == {first, third}
-    with pytest.raises(CategoryGone, match="least recently used"):
+    with pytest.raises(CategoryGone, match="had not been used for 10 minutes"):
         store.get(second)
     assert len(list(store.root.iterdir())) == 2  # memory and disk bounded alike
+    fourth = _fitted(store, "c")  # a caller at the cap pushes out their own
+    assert {c.id for c in store.held()} == {first, fourth}
 
 
 def test_one_caller_cannot_flush_everyone_elses_categories():
@@ -79,19 +91,64 @@ def test_three_busy_callers_cannot_flush_the_other_visitors_categories():
             _fitted(store, caller, f"{caller}{round_}")
     held = store.held()
     assert {c.id for c in held} >= set(visitors) and len(held) == 8
+    with pytest.raises(ServerFull):  # a fourth busy address finds no room: it takes nobody's
+        _fitted(store, "w")
 
 
-def test_a_category_folder_persists_is_shared_and_loads_again(tmp_path):
+def test_a_category_folder_persists_and_loads_again_with_its_maker(tmp_path):
     loads = []
     store = CategoryStore(CategoryLimits(capacity=1), folder=tmp_path, load=lambda b: loads.append(b) or "reloaded")
     first = _fitted(store, "a", "bolt")
     second = _fitted(store, "b", "nut")  # over the cap: the first is unloaded, not deleted
     assert store.get(second).expires_at is None and (tmp_path / first / "bundle" / "bundle.json").is_file()
-    assert store.shared() == {first: "bolt", second: "nut"}
-    assert store.get(first).inspector == "reloaded" and loads == [tmp_path / first / "bundle"]
-    restarted = CategoryStore(folder=tmp_path, load=lambda b: "from disk")
+    assert store.kept() == {first: "bolt", second: "nut"}
+    assert store.shared() == {}  # ids are not listed to strangers unless the operator says so
+    again = store.get(first)
+    assert again.inspector == "reloaded" and again.owner == "a" and loads == [tmp_path / first / "bundle"]
+    restarted = CategoryStore(CategoryLimits(list_kept=True), folder=tmp_path, load=lambda b: "from disk")
     assert restarted.shared() == {first: "bolt", second: "nut"}
-    assert restarted.get(second).inspector == "from disk"
+    assert restarted.get(second).inspector == "from disk" and restarted.get(second).owner == "b"
+
+
+def test_loading_a_kept_category_holds_up_nobody_else(tmp_path):
+    """A kept category loads outside the store's lock: while one takes seconds to load, a held one answers."""
+    import threading
+    import time
+
+    gate = threading.Event()
+    store = CategoryStore(CategoryLimits(capacity=2), folder=tmp_path, load=lambda b: gate.wait(30) and "slow")
+    slow, busy = _fitted(store, "a", "slow"), _fitted(store, "b", "busy")
+    store._drop(slow, "test")  # unloaded, still kept
+    loading = threading.Thread(target=store.get, args=(slow,))
+    loading.start()
+    time.sleep(0.2)
+    start = time.perf_counter()
+    assert store.get(busy).name == "busy" and time.perf_counter() - start < 0.1 and loading.is_alive()
+    gate.set()
+    loading.join(10)
+    assert store.get(slow).inspector == "slow"
+
+
+def test_kept_categories_over_budget_lose_the_least_recently_used_with_a_warning(tmp_path, caplog):
+    clock = Clock()
+    store = CategoryStore(CategoryLimits(capacity=8, max_kept=3), folder=tmp_path, clock=clock)
+    made = []
+    for i in range(3):
+        clock.now += 100
+        made.append(_fitted(store, "a", f"p{i}"))
+    clock.now += 100
+    store.get(made[0])  # the second is now the least recently used
+    clock.now += 100
+    with caplog.at_level("WARNING", logger="defect_xai"):
+        newest = _fitted(store, "b", "p3")
+    assert set(store.kept()) == {made[0], made[2], newest} and not (tmp_path / made[1]).exists()
+    assert "over its budget" in caplog.text and made[1] in caplog.text
+    with pytest.raises(CategoryGone, match="least recently used"):
+        store.get(made[1])
+    big = CategoryStore(CategoryLimits(max_kept_bytes=1), folder=tmp_path, clock=clock)  # a byte budget
+    clock.now += 100
+    only = _fitted(big, "c", "p4")
+    assert set(big.kept()) == {only}  # every older one went; the one just made stays
 
 
 def test_download_is_the_bundle_at_the_zip_root():

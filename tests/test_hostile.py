@@ -222,7 +222,7 @@ def test_explanations_are_thread_safe_under_concurrent_detects(catalogue):
 @pytest.fixture(scope="module")
 def space_server(catalogue, serve):
     """The app as on a Space: the proxy's x-forwarded-for names the caller, so one test plays several visitors."""
-    with serve(catalogue, behind_proxy=True) as (url, space):
+    with serve(catalogue, trusted_hops=1) as (url, space):
         yield url, space
 
 
@@ -374,7 +374,7 @@ def test_one_caller_cannot_fill_the_disk_with_uploads(catalogue, serve, part, tm
     limits = Limits(upload_per_caller=12 << 20)
     blob = tmp_path / "blob.bin"
     blob.write_bytes(np.random.default_rng(0).integers(0, 255, 5 << 20, dtype=np.uint8).tobytes())
-    with serve(catalogue, limits=limits, behind_proxy=True) as (url, _):
+    with serve(catalogue, limits=limits, trusted_hops=1) as (url, _):
         codes = []
         with httpx.Client(timeout=60) as http:
             for _ in range(4):
@@ -458,3 +458,22 @@ def test_the_door_has_no_side_entrances(space_server):
             refused = http.post(f"{server}/gradio_api/queue/join", json={"fn_index": fit, "data": []}, headers=caller)
             assert refused.status_code == 400
     assert space.door.pending("198.51.100.90") == 0
+
+
+def test_the_caller_is_the_entry_the_trusted_proxies_wrote():
+    """Behind N proxies that each append to x-forwarded-for, the caller is the Nth entry from the right, whatever
+    the client wrote to its left; with no trusted proxy the header is ignored (anyone can send it). A Space has
+    one proxy; DEFECT_XAI_TRUSTED_HOPS says otherwise."""
+    from space.admission import caller_key
+    from space.settings import Settings
+
+    forged = {"x-forwarded-for": "1.2.3.4, 203.0.113.9, 10.0.0.5"}  # client's claim, the visitor, a first proxy
+    assert caller_key("10.16.3.80", forged, 0) == "10.16.3.80"
+    assert caller_key("10.16.3.80", forged, 1) == "10.0.0.5"
+    assert caller_key("10.16.3.80", forged, 2) == "203.0.113.9"
+    assert caller_key("10.16.3.80", {"x-forwarded-for": "203.0.113.9"}, 2) == "203.0.113.9"
+    assert caller_key("10.16.3.80", {}, 1) == "10.16.3.80"
+    assert caller_key(None, {"x-forwarded-for": "2001:db8:1:2:aaaa::1"}, 1) == "2001:db8:1:2::/64"
+    assert Settings.from_env({}).trusted_hops == 0
+    assert Settings.from_env({"SPACE_ID": "me/defect-xai"}).trusted_hops == 1
+    assert Settings.from_env({"SPACE_ID": "me/x", "DEFECT_XAI_TRUSTED_HOPS": "2"}).trusted_hops == 2

@@ -3,6 +3,7 @@ cancelling a training, and /fit through the launched app with its isolation, exp
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import zipfile
@@ -145,9 +146,10 @@ def test_a_category_is_its_makers_until_it_goes(server, pictures, part):
     assert cid not in [v for _, v in catalogue.choices([])] and cid in [v for _, v in catalogue.choices([cid])]
     # ... but whoever holds the id may use it
     assert other.predict(handle_file(str(part)), cid, api_name="/detect")[1]["category"] == "my weave"
-    # more categories than the cap: the least recently used goes, with its message; memory and disk stay bounded
+    # more categories than the cap: the maker's own least recently used goes, with its message; memory and disk
+    # stay bounded
     later = [_fit(maker, pictures[:2], f"w{i}")["category"] for i in range(2)]
-    with pytest.raises(Exception, match="least recently used"):
+    with pytest.raises(Exception, match="replaced by its maker's newer one"):
         other.predict(handle_file(str(part)), cid, api_name="/detect")
     assert len(catalogue.made.held()) == 2 and len(list(catalogue.made.root.iterdir())) == 2
     # expiry: the clock moves past the time to live
@@ -240,3 +242,83 @@ def test_a_fit_is_bounded_by_its_pixels_not_its_picture_count(tmp_path):
     with pytest.raises(PartError, match="million pixels at the detector's view"):
         Parts(catalogue).fit([str(p) for p in slivers], "slivers", "a")
     assert list(catalogue.made.root.iterdir()) == []  # nothing left behind
+
+
+def test_a_fit_that_runs_past_its_time_budget_is_stopped(tmp_path, pictures, monkeypatch):
+    """The fitting slot is never held longer than the budget: a fit still running then stops at its next step
+    (every loop of the fit is a progress bar), says why, and leaves nothing behind."""
+    from space import parts as parts_module
+    from space.catalogue import Catalogue
+    from space.categories import CategoryLimits
+    from training.cli import progress
+
+    steps = []
+
+    def endless_fit(*args, **kwargs):  # a fit that would take 100 s, one progress step at a time
+        for step in progress(range(10_000), "features"):
+            steps.append(step)
+            time.sleep(0.01)
+
+    monkeypatch.setattr(parts_module, "fit_part", endless_fit)
+    monkeypatch.setattr(parts_module.Parts, "trunk", lambda self: None)
+    catalogue = Catalogue(CategoryLimits(max_fit_s=0.5))
+    start = time.perf_counter()
+    with pytest.raises(parts_module.PartError, match=r"past its time budget \(0.5 s\)"):
+        parts_module.Parts(catalogue).fit([str(p) for p in pictures[:2]], "slow", "a")
+    assert time.perf_counter() - start < 5 and 10 < len(steps) < 1_000
+    assert list(catalogue.made.root.iterdir()) == []
+
+
+def test_a_script_cancels_the_training_of_a_category_it_made(server, pictures, monkeypatch):
+    """/cancel_training stops a training started through the API (its maker only); the category keeps what it
+    had and can still be used."""
+    from gradio_client import handle_file
+
+    from space import parts as parts_module
+    from training.cli import progress
+
+    def endless_training(*args, **kwargs):
+        for _ in progress(range(100_000), "train cnn", unit="epoch"):
+            time.sleep(0.01)
+
+    monkeypatch.setattr(parts_module, "train_part", endless_training)
+    url, catalogue = server
+    client = _client(url)
+    cid = _fit(client, pictures[:2], "belt")["category"]
+    assert client.predict(cid, api_name="/cancel_training")["cancelled"] is False  # nothing is training yet
+    job = client.submit(cid, api_name="/train_classifier")
+    deadline = time.monotonic() + 60
+    while not (answer := client.predict(cid, api_name="/cancel_training"))["cancelled"]:
+        assert time.monotonic() < deadline and not job.done(), answer
+        time.sleep(0.2)
+    with pytest.raises(Exception, match="Training cancelled"):
+        job.result(timeout=60)
+    with pytest.raises(parts_module.PartError, match="Only whoever made this category"):
+        parts_module.Parts(catalogue).cancel(cid, "203.0.113.9")
+    assert client.predict("A" * 22, api_name="/cancel_training")["cancelled"] is False
+    assert client.predict(handle_file(str(pictures[-1])), cid, api_name="/detect")[1]["category"] == "belt"
+
+
+def test_kept_categories_are_not_listed_and_stay_their_makers(classifier_bundle, serve, pictures, part, tmp_path):
+    """With DEFECT_XAI_CATEGORY_DIR, /info lists no kept id unless the operator says so, and after a restart the
+    category is still its maker's: another caller can use it by id but not train, cancel or download it."""
+    from space.catalogue import Catalogue
+    from space.categories import CategoryLimits
+    from space.parts import PartError, Parts
+
+    kept = tmp_path / "kept"
+    catalogue = Catalogue.from_sources(str(classifier_bundle), category_dir=kept)
+    with serve(catalogue, category_dir=str(kept)) as (url, _):
+        client = _client(url)
+        cid = _fit(client, pictures[:2], "gear")["category"]
+        assert cid not in json.dumps(client.predict(api_name="/info"))
+    restarted = Catalogue.from_sources(str(classifier_bundle), category_dir=kept)
+    assert restarted.made.shared() == {} and restarted.made.kept() == {cid: "gear"}
+    assert restarted.get(cid).detect(part).is_defect  # by id, as before the restart
+    parts = Parts(restarted)
+    for attempt in (parts.train, parts.cancel, parts.download):
+        with pytest.raises(PartError, match="Only whoever made this category"):
+            attempt(cid, "203.0.113.9")
+    assert parts.download(cid, "127.0.0.1").endswith(".zip")  # its maker (the loopback caller) may
+    listed = Catalogue.from_sources(str(classifier_bundle), CategoryLimits(list_kept=True), category_dir=kept)
+    assert listed.info()["shared_categories"] == {cid: "gear"}
