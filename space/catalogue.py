@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from space.categories import ID_PATTERN, CategoryLimits, CategoryStore
-from space.render import evidence, overlay
+from space.render import evidence
 from xai.backbone import MissingWeightsError
 from xai.bundle import BundleError, load
 from xai.errors import UserError, redact
@@ -26,6 +26,7 @@ from xai.explainers import METHODS, captions, slow_methods
 from xai.inspector import Inspector
 from xai.io import ImageSource, load_image
 from xai.metrics import EXPLANATION_METRICS
+from xai.render import overlay, verdict_overlay
 
 MAX_OVERLAY_SIDE = 512  # returned pictures: enough to see the defect, small enough to travel fast
 
@@ -133,10 +134,8 @@ class Catalogue:
         payload = {"category": inspector.bundle.category, **result.to_json()}
         if result.anomaly_map is None:
             return picture, payload
-        threshold = inspector.thresholds["patchcore"]
-        shown = overlay(picture, result.anomaly_map, contour_at=threshold, lo=0.0, hi=max(threshold * 1.5,
-                                                                                          float(result.score)))
-        return shown, payload
+        return verdict_overlay(picture, result.anomaly_map, inspector.thresholds["patchcore"],
+                               result.scores["patchcore"]), payload
 
     def explain(self, image: ImageSource, category: str | None, method: str) -> tuple[Image.Image, dict]:
         """One method's overlay and JSON (the public /explain)."""

@@ -2,37 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from xai.errors import redact
-
-
-def colourise(heatmap: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """float [H, W] -> uint8 RGB [H, W, 3] with matplotlib's perceptually uniform 'inferno' map."""
-    from matplotlib import colormaps
-
-    lo = float(np.min(heatmap)) if lo is None else lo
-    hi = float(np.max(heatmap)) if hi is None else hi
-    scaled = np.clip((heatmap - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(heatmap)
-    return (colormaps["inferno"](scaled)[..., :3] * 255).astype(np.uint8)
-
-
-def overlay(image: Image.Image, heatmap: np.ndarray, contour_at: float | None = None, alpha: float = 0.5,
-            lo: float | None = None, hi: float | None = None) -> Image.Image:
-    """Blend the coloured heatmap over `image` (resized to it), with a cyan outline where heatmap > contour_at."""
-    size = image.size
-    heat = Image.fromarray(heatmap.astype(np.float32), mode="F").resize(size, Image.BILINEAR)
-    heat_arr = np.asarray(heat)
-    blended = Image.blend(image.convert("RGB"), Image.fromarray(colourise(heat_arr, lo, hi)), alpha)
-    if contour_at is not None:
-        region = Image.fromarray(((heat_arr > contour_at) * 255).astype(np.uint8))
-        width = max(1, round(min(size) / 150))
-        edge = np.asarray(region.filter(ImageFilter.MaxFilter(2 * width + 1))) ^ np.asarray(region)
-        out = np.asarray(blended).copy()
-        out[edge > 0] = (0, 255, 255)
-        blended = Image.fromarray(out)
-    return blended
 
 
 def evidence(exp, picture: Image.Image, bundle_dir=None) -> list[tuple[Image.Image, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,7 +14,7 @@ from xai.backbone import Trunk, create_trunk, normalise, preprocess, resize_rgb
 from xai.bundle import RETRIEVAL_DIR, Bundle, BundleError, load, load_head, load_patchcore
 from xai.fusion import fuse_conv_bn
 from xai.heads import HEAD_INPUT_STAGE
-from xai.io import ImageSource, load_image
+from xai.io import ImageInputError, ImageSource, load_image
 
 
 @dataclass
@@ -157,24 +158,55 @@ class Inspector:
     def detect(self, source: ImageSource) -> Detection:
         """Decode `source`, run every component and apply the deciding component's threshold. The trunk runs once
         when PatchCore's input is the heads' square one, else once for each."""
-        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        image = load_image(source)
+        return self._detect_images([image], [(time.perf_counter() - start) * 1000.0])[0]
+
+    @torch.no_grad()
+    def detect_batch(self, sources: Sequence[ImageSource]) -> list[Detection | ImageInputError]:
+        """`detect` for many pictures, with one trunk forward (and one nearest-neighbour search) per group of
+        pictures that share a model input shape: the same verdicts and maps as one at a time. A picture that cannot
+        be read is its ImageInputError in the list, in its place: never the end of the batch. Each picture's
+        timings are its own decode and its share of its group's work."""
+        images: list[Image.Image | ImageInputError] = []
+        decode_ms: list[float] = []
+        for source in sources:
+            start = time.perf_counter()
+            try:
+                images.append(load_image(source))
+            except ImageInputError as exc:
+                images.append(exc)
+            decode_ms.append((time.perf_counter() - start) * 1000.0)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            if isinstance(image, Image.Image):
+                shape = self.patchcore.input_shape(*image.size) if self.patchcore is not None else ()
+                groups.setdefault(shape, []).append(i)
+        results: list[Detection | ImageInputError] = list(images)
+        for members in groups.values():
+            found = self._detect_images([images[i] for i in members], [decode_ms[i] for i in members])
+            for i, detection in zip(members, found):
+                results[i] = detection
+        return results
+
+    def _detect_images(self, images: list[Image.Image], decode_ms: list[float]) -> list[Detection]:
+        """Every component on decoded pictures that share PatchCore's input shape, as one batch."""
+        n = len(images)
+        shared: dict[str, float] = {}
         clock = time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal clock
             now = time.perf_counter()
-            timings[name] = (now - clock) * 1000.0
+            shared[name] = (now - clock) * 1000.0 / n
             clock = now
 
-        start = clock
-        image = load_image(source)
-        lap("decode")
-        scores: dict[str, float] = {}
-        probabilities: dict[str, dict[str, float]] = {}
-        amap = None
+        scores: list[dict[str, float]] = [{} for _ in images]
+        probabilities: list[dict[str, dict[str, float]]] = [{} for _ in images]
+        maps: list[np.ndarray | None] = [None] * n
         if self.patchcore is not None:
             pc = self.patchcore
-            x = self.model_input(image, "patchcore")
+            x = torch.cat([self.model_input(image, "patchcore") for image in images])
             lap("preprocess")
             stages = pc.stage_outputs(self.trunk, x)
             lap("trunk")
@@ -183,28 +215,33 @@ class Inspector:
             patch_scores = pc.patch_scores(embedding)
             lap("knn")
             amap_t = pc.anomaly_map(patch_scores)
-            scores["patchcore"] = float(pc.image_score(amap_t)[0])
-            amap = amap_t[0].numpy().astype(np.float32)
+            for k, value in enumerate(pc.image_score(amap_t).tolist()):
+                scores[k]["patchcore"] = float(value)
+                maps[k] = amap_t[k].numpy().astype(np.float32)
             lap("map")
         if self.heads:
             # the heads read stage 4 of a square picture: shared with PatchCore's forward when it saw the same
             if self.patchcore is not None and self._shares_trunk(x):
                 head_input = stages[HEAD_INPUT_STAGE]
             else:
-                x = self.preprocess(image)
-                head_input = self.trunk(x, upto=HEAD_INPUT_STAGE)[HEAD_INPUT_STAGE]
+                head_input = self.trunk(preprocess(images, self.input_size, self.mean, self.std),
+                                        upto=HEAD_INPUT_STAGE)[HEAD_INPUT_STAGE]
                 lap("head_trunk")
             for name, head in self.heads.items():
-                probs = head(head_input).softmax(-1)[0]
-                probabilities[name] = {label: float(p) for label, p in zip(self.labels, probs)}
-                if self.normal_index is not None:
-                    scores[name] = 1.0 - float(probs[self.normal_index])
+                for k, probs in enumerate(head(head_input).softmax(-1)):
+                    probabilities[k][name] = {label: float(p) for label, p in zip(self.labels, probs)}
+                    if self.normal_index is not None:
+                        scores[k][name] = 1.0 - float(probs[self.normal_index])
                 lap(name)
-        timings["total"] = (time.perf_counter() - start) * 1000.0
-        label, is_defect = self._verdict(scores, probabilities)
-        score = scores.get(self.decision, float("nan"))
-        return Detection(label, is_defect, score, self.threshold, self.decision, scores, self.thresholds, amap,
-                         image.size, probabilities, timings)
+        detections = []
+        for k, image in enumerate(images):
+            timings = {"decode": decode_ms[k], **shared}
+            timings["total"] = sum(timings.values())
+            label, is_defect = self._verdict(scores[k], probabilities[k])
+            detections.append(Detection(label, is_defect, scores[k].get(self.decision, float("nan")),
+                                        self.threshold, self.decision, scores[k], self.thresholds, maps[k],
+                                        image.size, probabilities[k], timings))
+        return detections
 
     def _shares_trunk(self, x: torch.Tensor) -> bool:
         """Whether PatchCore's trunk forward is the heads' too: a square input_size picture."""

@@ -1,0 +1,192 @@
+"""Batch inspection: Inspector.detect_batch against one picture at a time, the `training.inspect` command (rows,
+unreadable files, maps, report, resume) and its Ray Data engine, on generated pictures."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training import inspect as inspect_cli
+from training.batch import MAP_SCALE, ResultsFolder, columns, list_inputs
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory):
+    """A day of generated good and blob pictures (another seed than the bundle's: none is in its memory bank, where
+    distances near zero would make the map's square root amplify float noise), three shapes, and one file that is
+    not a picture."""
+    from synthetic import write_imagefolder
+
+    folder = write_imagefolder(tmp_path_factory.mktemp("batch") / "parts", per_class=8, classes=("good", "blob"),
+                               seed=42)
+    for i, path in enumerate(sorted((folder / "blob").glob("*.png"))[:4]):
+        with Image.open(path) as picture:  # two other shapes: a landscape crop and a portrait stretch
+            size = (picture.width, picture.height * 2 // 3) if i % 2 else (picture.width * 3 // 4, picture.height)
+            picture.resize(size).save(path)
+    (folder / "good" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inspector(classifier_bundle):
+    from xai.inspector import Inspector
+
+    return Inspector.from_source(str(classifier_bundle))
+
+
+def test_a_batch_gives_what_one_picture_at_a_time_gives(inspector, mixed_folder):
+    """Every field of every Detection (all components' scores, probabilities, maps) equals the single-picture
+    result; pictures of three shapes are grouped, and the unreadable one is its error, in its place."""
+    from xai.io import ImageInputError
+
+    paths = sorted((mixed_folder / "blob").glob("*.png"))[:6] + [mixed_folder / "good" / "broken.png"] + \
+        sorted((mixed_folder / "good").glob("0*.png"))[:3]
+    batch = inspector.detect_batch(paths)
+    assert len(batch) == len(paths) and isinstance(batch[6], ImageInputError)
+    assert len({d.anomaly_map.shape for d in batch if not isinstance(d, Exception)}) == 3
+    for path, got in zip(paths, batch):
+        if isinstance(got, Exception):
+            with pytest.raises(ImageInputError):
+                inspector.detect(path)
+            continue
+        alone = inspector.detect(path)
+        assert (got.label, got.is_defect, got.decided_by, got.image_size, got.threshold) == \
+            (alone.label, alone.is_defect, alone.decided_by, alone.image_size, alone.threshold)
+        assert got.scores.keys() == alone.scores.keys() == {"patchcore", "classifier_cnn", "classifier_vit"}
+        for name in alone.scores:
+            assert got.scores[name] == pytest.approx(alone.scores[name], abs=1e-5)
+        for head, probs in alone.class_probabilities.items():
+            assert got.class_probabilities[head] == pytest.approx(probs, abs=1e-5)
+        np.testing.assert_allclose(got.anomaly_map, alone.anomaly_map, atol=1e-5, rtol=0)
+        assert got.timings_ms.keys() == alone.timings_ms.keys()
+
+
+def test_inputs_are_folders_zips_globs_and_lists(mixed_folder, tmp_path):
+    import zipfile
+
+    from training.data import DataError
+
+    items = list_inputs(str(mixed_folder))
+    assert {i.truth for i in items} == {"good", "blob"} and len(items) == len(list(mixed_folder.rglob("*.png")))
+    archive = tmp_path / "day.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted((mixed_folder / "blob").glob("*.png"))[:3]:
+            z.write(path, f"line1/{path.name}")
+        z.writestr("notes.txt", "not a picture")
+    assert [i.path.rpartition("::")[2] for i in list_inputs(str(archive))] == \
+        [f"line1/{p.name}" for p in sorted((mixed_folder / "blob").glob("*.png"))[:3]]
+    assert len(list_inputs(f"{mixed_folder}/good/0*.png")) == len(list((mixed_folder / "good").glob("0*.png")))
+    listing = tmp_path / "todo.txt"
+    listing.write_text("# yesterday\n" + "\n".join(str(p) for p in sorted((mixed_folder / "good").glob("*"))[:2]))
+    assert len(list_inputs(str(listing))) == 2
+    with pytest.raises(DataError, match="names no pictures"):
+        list_inputs(str(tmp_path / "*.jpg"))
+
+
+def test_the_command_writes_rows_maps_and_a_report(classifier_bundle, mixed_folder, tmp_path, inspector):
+    import pandas as pd
+
+    out = tmp_path / "out"
+    code = inspect_cli.main(["--bundle", str(classifier_bundle), "--input", str(mixed_folder), "--out", str(out),
+                             "--batch-size", "4", "--maps", "--overlays", "--top", "3"])
+    assert code == 0
+    table = pd.read_parquet(out / "results.parquet")
+    csv = pd.read_csv(out / "results.csv", keep_default_na=False)
+    items = list_inputs(str(mixed_folder))
+    assert list(table.columns) == columns(["patchcore", "classifier_cnn", "classifier_vit"], labelled=True)
+    assert list(table["path"]) == [i.path for i in items] == list(csv["path"])
+    broken = table[table["path"].str.endswith("broken.png")].iloc[0]
+    assert broken["error"] and pd.isna(broken["score"]) and broken["truth"] == "good"
+    readable = table[table["error"] == ""]
+    assert readable["score"].notna().all() and (readable["ms"] > 0).all()
+    first = readable.iloc[0]
+    alone = inspector.detect(first["path"])
+    assert first["score"] == pytest.approx(alone.score, abs=1e-5) and bool(first["is_defect"]) == alone.is_defect
+    assert first["score_patchcore"] == pytest.approx(alone.scores["patchcore"], abs=1e-5)
+    # the raw map, 16-bit: value / MAP_SCALE x threshold is the map
+    maps = sorted((out / "maps").glob("*.png"))
+    assert len(maps) == len(readable) == len(list((out / "overlays").glob("*.jpg")))
+    with Image.open(maps[0]) as stored:
+        assert stored.mode.startswith("I;16") or stored.mode == "I"
+        values = np.asarray(stored, dtype=np.float64) / MAP_SCALE * alone.thresholds["patchcore"]
+    ceiling = 65535 / MAP_SCALE * alone.thresholds["patchcore"]
+    np.testing.assert_allclose(values, np.minimum(alone.anomaly_map, ceiling),
+                               atol=alone.thresholds["patchcore"] / MAP_SCALE)
+    page = (out / "report.html").read_text()
+    assert "could not be read" in page and "broken.png" in page and "image AUROC" in page
+    assert page.count("data:image/jpeg;base64") == 3 and "score histogram" in page and "blob" in page
+
+
+def test_an_interrupted_run_resumes_without_inspecting_a_picture_twice(classifier_bundle, mixed_folder, tmp_path,
+                                                                      monkeypatch):
+    import pandas as pd
+
+    from xai.inspector import Inspector
+
+    seen: list[int] = []
+    real = Inspector.detect_batch
+
+    def counted(self, sources):
+        seen.append(len(sources))
+        return real(self, sources)
+
+    monkeypatch.setattr(Inspector, "detect_batch", counted)
+    real_append, appended = ResultsFolder.append, []
+
+    def append_then_die(self, data):  # the machine goes down after the second batch is written
+        real_append(self, data)
+        appended.append(len(data))
+        if len(appended) == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    argv = ["--bundle", str(classifier_bundle), "--input", str(mixed_folder), "--out", str(out), "--batch-size", "5"]
+    monkeypatch.setattr(ResultsFolder, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        inspect_cli.main(argv)
+    assert not (out / "results.parquet").exists() and sum(appended) == 10
+    monkeypatch.setattr(ResultsFolder, "append", real_append)
+    first_run = sum(seen)
+    assert inspect_cli.main(argv) == 0
+    table = pd.read_parquet(out / "results.parquet")
+    total = len(list_inputs(str(mixed_folder)))
+    assert len(table) == total and table["path"].is_unique
+    # the broken file (last in order) is never a detection: the first run saw 10 pictures, the second the rest
+    assert first_run == 10 and sum(seen) - first_run == total - 10 - 1
+    assert inspect_cli.main(argv) == 0 and sum(seen) - first_run == total - 11  # a finished run: nothing again
+
+
+def test_without_ray_the_engine_says_how_to_install_it(classifier_bundle, mixed_folder, tmp_path, monkeypatch,
+                                                      capsys):
+    from training.cli import run
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
+    argv = ["--bundle", str(classifier_bundle), "--input", str(mixed_folder), "--out", str(tmp_path / "o"),
+            "--engine", "ray"]
+    assert run(inspect_cli.main, argv) == 2
+    assert "pip install -r requirements-ray.txt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ray_data_gives_the_local_engines_rows(classifier_bundle, mixed_folder, tmp_path):
+    """The same folder (with its unreadable file) through both engines: the same rows, scores equal to 1e-5."""
+    pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+    import pandas as pd
+
+    common = ["--bundle", str(classifier_bundle), "--input", str(mixed_folder), "--batch-size", "4"]
+    assert inspect_cli.main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert inspect_cli.main([*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--maps"]) == 0
+    local = pd.read_parquet(tmp_path / "local" / "results.parquet")
+    ray = pd.read_parquet(tmp_path / "ray" / "results.parquet")
+    assert list(local.columns) == list(ray.columns) and list(local["path"]) == list(ray["path"])
+    exact = ["path", "width", "height", "label", "is_defect", "component", "error", "truth", "truth_is_defect",
+             "threshold"]
+    pd.testing.assert_frame_equal(local[exact], ray[exact])
+    for name in [c for c in local.columns if c.startswith("score")]:
+        np.testing.assert_allclose(local[name].to_numpy(float), ray[name].to_numpy(float), atol=1e-5, equal_nan=True)
+    assert len(list((tmp_path / "ray" / "maps").glob("*.png"))) == int((ray["error"] == "").sum())
+    assert json.loads(json.dumps(ray["error"].tolist()))  # plain strings, every row

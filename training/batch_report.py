@@ -1,0 +1,143 @@
+"""report.html of a batch inspection: counts, the score histogram against the threshold, the most anomalous
+pictures with their overlays, the pictures that could not be read, and, when the folder's layout named classes,
+the metrics `evaluate` computes. One self-contained file (pictures inlined), every text escaped."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+from training.batch import Item, read_picture
+from xai.metrics import auroc, binary_report, f1_max
+
+THUMB = 360  # px, the longer side of an overlay in the report
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def histogram(table, threshold: float | None) -> str:
+    """The scores as a histogram (by ground truth when there is one) with the threshold: a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    scores = table["score"].dropna().to_numpy(dtype=float)
+    figure = Figure(figsize=(7, 2.8))
+    axes = figure.subplots()
+    bins = np.histogram_bin_edges(scores, bins=40) if len(scores) else 10
+    if "truth_is_defect" in table and table["truth_is_defect"].notna().any():
+        for value, name, colour in ((False, "good (ground truth)", "#3a7"), (True, "defective (ground truth)", "#d43")):
+            chosen = table.loc[table["truth_is_defect"].fillna(not value) == value, "score"].dropna()
+            axes.hist(chosen.to_numpy(dtype=float), bins=bins, alpha=0.6, label=name, color=colour)
+    else:
+        axes.hist(scores, bins=bins, color="#467")
+    if threshold is not None:
+        axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    axes.set_xlabel("score")
+    axes.set_ylabel("pictures")
+    axes.legend(loc="upper right", fontsize=8)
+    return _png(figure)
+
+
+def metrics(table, threshold: float) -> dict | None:
+    """evaluate's image-level figures on the rows with a ground truth: image AUROC, F1 and accuracy at the stored
+    threshold, F1 at the best threshold, and image AUROC per defect type against all good pictures."""
+    rows = table[table["truth_is_defect"].notna() & table["score"].notna()] if "truth_is_defect" in table else []
+    if len(rows) == 0:
+        return None
+    labels = rows["truth_is_defect"].to_numpy(dtype=bool)
+    scores = rows["score"].to_numpy(dtype=float)
+    report = {**binary_report(labels, scores, threshold), "f1_max": f1_max(labels, scores), "n": len(rows)}
+    report["per_type"] = {}
+    for kind in sorted(set(rows.loc[rows["truth_is_defect"], "truth"])):
+        mine = (rows["truth"] == kind).to_numpy()
+        chosen = mine | ~labels
+        report["per_type"][kind] = {"n": int(mine.sum()), "image_auroc": auroc(mine[chosen], scores[chosen])}
+    return report
+
+
+def overlays(table, bundle: str, top: int) -> list[tuple[dict, str]]:
+    """The `top` highest-scoring readable pictures, each with its overlay as the app draws it (base64 JPEG)."""
+    from xai.inspector import Inspector
+    from xai.render import verdict_overlay
+
+    best = table[table["score"].notna()].sort_values("score", ascending=False).head(top)
+    if not len(best):
+        return []
+    inspector = Inspector.from_source(bundle)
+    out = []
+    for row in best.to_dict("records"):
+        picture = read_picture(Item(row["path"]).path)
+        found = inspector.detect(picture)
+        shown = picture if found.anomaly_map is None else verdict_overlay(
+            picture, found.anomaly_map, found.thresholds["patchcore"], found.scores["patchcore"])
+        shown.thumbnail((THUMB, THUMB))
+        buffer = io.BytesIO()
+        shown.convert("RGB").save(buffer, "JPEG", quality=85)
+        out.append((row, base64.b64encode(buffer.getvalue()).decode()))
+    return out
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "—"
+    return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def write_report(out: Path, table, bundle: str, meta: dict, top: int = 12, run: dict | None = None) -> Path:
+    """Write OUTDIR/report.html for the results `table` (a DataFrame) of `bundle`; returns its path."""
+    e = html.escape
+    run = run or {}
+    errors = table[table["error"].fillna("") != ""]
+    readable = table[table["error"].fillna("") == ""]
+    defects = int(readable["is_defect"].fillna(False).sum())
+    threshold = float(readable["threshold"].iloc[0]) if len(readable) else None
+    rate = run.get("inspected", 0) / run["seconds"] if run.get("seconds") else None
+    parts = [f"<h1>defect-xai batch inspection: {e(str(meta.get('category', 'bundle')))}</h1>",
+             f"<p>Bundle <code>{e(str(bundle))}</code>. {len(table)} pictures: <b>{defects} defective</b>, "
+             f"{len(readable) - defects} good, {len(errors)} could not be read.",
+             (f" This run inspected {run.get('inspected', 0)} ({run.get('resumed', 0)} were already in the results) "
+              f"with the {e(str(run.get('engine')))} engine in {run.get('seconds', 0):.1f} s"
+              + (f" ({rate:.1f} pictures/s)." if rate else ".")) if run else "", "</p>"]
+    if len(readable):
+        parts.append(f'<h2>Scores</h2><img alt="score histogram" src="data:image/png;base64,'
+                     f'{histogram(readable, threshold)}">')
+    report = metrics(readable, threshold) if threshold is not None else None
+    if report:
+        parts.append(f"<h2>Against the folder's ground truth ({report['n']} pictures)</h2><table><tr>"
+                     + "".join(f"<th>{k}</th>" for k in ("image AUROC", "F1", "accuracy", "F1 max"))
+                     + "</tr><tr>" + "".join(f"<td>{_fmt(report[k])}</td>" for k in
+                                             ("image_auroc", "f1", "accuracy", "f1_max")) + "</tr></table>")
+        if report["per_type"]:
+            parts.append("<table><tr><th>defect type</th><th>pictures</th><th>image AUROC</th></tr>" + "".join(
+                f"<tr><td>{e(k)}</td><td>{v['n']}</td><td>{_fmt(v['image_auroc'])}</td></tr>"
+                for k, v in report["per_type"].items()) + "</table>")
+    shown = overlays(readable, bundle, top)
+    if shown:
+        parts.append(f"<h2>The {len(shown)} most anomalous</h2><div class='grid'>" + "".join(
+            f"<figure><img alt='overlay' src='data:image/jpeg;base64,{b64}'><figcaption>{e(row['path'])}<br>"
+            f"{_fmt(row['label'])} · score {row['score']:.4g} (threshold {row['threshold']:.4g})</figcaption></figure>"
+            for row, b64 in shown) + "</div>")
+    if len(errors):
+        parts.append("<h2>Could not be read</h2><table><tr><th>picture</th><th>why</th></tr>" + "".join(
+            f"<tr><td>{e(str(r['path']))}</td><td>{e(str(r['error']))}</td></tr>"
+            for r in errors.to_dict("records")) + "</table>")
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.grid{display:flex;"
+             "flex-wrap:wrap;gap:12px}figure{margin:0;width:360px}figure img{max-width:100%}"
+             "figcaption{font-size:12px;word-break:break-all}img{max-width:100%}")
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>defect-xai report</title>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{style}</style></head>"
+            f"<body>{''.join(parts)}</body></html>")
+    path = Path(out) / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
