@@ -3,7 +3,7 @@
 # The venv lives outside the checkout, keyed by the requirements' hash, so repeated runs reuse it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-key=$(cat "$here/requirements.txt" "$here/requirements-dev.txt" | sha256sum | cut -c1-12)
+key=$(cat "$here/requirements.txt" "$here/requirements-ray.txt" "$here/requirements-dev.txt" | sha256sum | cut -c1-12)
 venv="${DEFECT_XAI_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/defect-xai/venv-$key}"
 if [ ! -f "$venv/.installed" ]; then
   echo "setting up $venv (one time, about 2-3 minutes) ..." >&2

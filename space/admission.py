@@ -56,6 +56,8 @@ RULES: dict[str, Rule] = {
     "info": Rule(concurrency=8, per_caller=4, burst=60, every_s=0.1),
     # fits and classifier trainings share the one heavy slot
     "fit": Rule(concurrency=1, per_caller=1, burst=4, every_s=60.0, waiting=8, forget_s=1800.0),
+    # many pictures at once (seconds to a minute, at low priority): one at a time in all, one per caller
+    "batch": Rule(concurrency=1, per_caller=1, burst=3, every_s=30.0, waiting=8, forget_s=600.0),
     # a category's bundle as a zip (seconds), and publishing it to the Hub (seconds of upload)
     "download": Rule(concurrency=2, per_caller=1, burst=6, every_s=10.0, forget_s=600.0),
     "publish": Rule(concurrency=1, per_caller=1, burst=6, every_s=10.0, forget_s=600.0),
@@ -67,7 +69,7 @@ CALL_ROUTE = re.compile(r"/call/(?:v2/)?([^/]+)$")  # Gradio's REST API: POST /g
 
 # Every event of the Space (api_name) and its class; an event missing here is refused (tests check the page's).
 EVENTS: dict[str, str] = {
-    "detect": "detect", "ui_detect": "detect",
+    "detect": "detect", "ui_detect": "detect", "detect_batch": "batch", "ui_detect_batch": "batch",
     "explain": "explain", "ui_explain": "explain", "ui_download": "download",
     "info": "info", "ui_category": "info", "ui_cancel": "info", "cancel_training": "info",
     "ui_build_status": "info",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import gradio as gr
 
 from space.admission import caller_key
+from space.batches import BatchInspection
 from space.catalogue import DETECTION_COLUMNS, QUALITY_COLUMNS, Catalogue, ServiceError
 from space.outputs import OutputFolder
 from space.parts import Parts
@@ -76,6 +77,7 @@ class Handlers:
     def __init__(self, catalogue: Catalogue, parts: Parts, outputs: OutputFolder, settings: Settings, build=None):
         self.catalogue, self.parts, self.outputs = catalogue, parts, outputs
         self.settings, self.build = settings, build
+        self.batch = BatchInspection(catalogue, outputs, settings.batch)
 
     def caller(self, request: gr.Request | None) -> str:
         """The caller's key (the owner of what they make), as the door computed it when the job joined."""
@@ -106,6 +108,12 @@ class Handlers:
         """Verdict and anomaly-map overlay for one image of a part."""
         picture, payload = self.catalogue.detect(_path(image), category)
         return self.outputs.save(picture, "jpeg"), payload
+
+    @handler("detect_batch")
+    def detect_batch(self, files, category, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+        """Many pictures (files, or zips of them) of one category: the table of verdicts, the same rows as a CSV
+        file, and the most anomalous pictures with their overlays."""
+        return self.batch.run(_paths(files), category)
 
     @handler("explain")
     def explain(self, image, category, method, progress=gr.Progress(), request: gr.Request = None):
@@ -144,6 +152,16 @@ class Handlers:
     def page_detect(self, image, category, request: gr.Request = None):
         picture, verdict = self.catalogue.detect(_path(image), category)
         return self.outputs.save(picture, "png"), verdict_markdown(verdict), verdict
+
+    @handler("ui_detect_batch")
+    def page_detect_batch(self, files, category, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+        rows, csv, gallery = self.batch.run(_paths(files), category)
+        defects = int(rows["is_defect"].map(bool).sum())
+        errors = int(rows["error"].map(bool).sum())
+        summary = (f"**{len(rows)} pictures: {defects} defective, {len(rows) - defects - errors} good"
+                   + (f", {errors} could not be read" if errors else "") + ".** The most anomalous are below; the "
+                   "whole table is in the CSV.")
+        return summary, rows, csv, gallery
 
     @handler("ui_explain")
     def page_explain(self, image, category, methods, progress=gr.Progress(), request: gr.Request = None):

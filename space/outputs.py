@@ -43,6 +43,15 @@ class OutputFolder:
         os.replace(partial, name)
         return str(name)
 
+    def save_text(self, text: str, suffix: str) -> str:
+        """Write `text` to a new file `batch-<id>.<suffix>` (whole, then renamed into place); returns its path."""
+        self.prune()
+        name = self.root / f"batch-{uuid.uuid4().hex[:12]}.{suffix}"
+        partial = name.with_suffix(".part")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, name)
+        return str(name)
+
     def prune(self) -> int:
         """Remove pictures older than max_age_s; returns how many went."""
         cutoff = time.time() - self.max_age_s

@@ -63,9 +63,14 @@ def build_page(handlers: Handlers, catalogue: Catalogue, settings: Settings, doo
         build_text = gr.Markdown(build_markdown(handlers.build)) if handlers.build is not None else None
         if catalogue.failures:
             gr.Markdown("**Not loaded:** " + "; ".join(f"`{s}`: {r}" for s, r in catalogue.public_failures().items()))
-        category, image, own = _inspect_section(handlers, catalogue, wire)
-        methods, detection_table, quality_table = _explain_section(handlers, catalogue, wire, category, image)
-        _part_section(handlers, settings, wire, category, own, methods, detection_table, quality_table)
+        with gr.Tabs():
+            with gr.Tab("One picture"):
+                category, image, own = _inspect_section(handlers, catalogue, wire)
+                methods, detection_table, quality_table = _explain_section(handlers, catalogue, wire, category,
+                                                                           image)
+                _part_section(handlers, settings, wire, category, own, methods, detection_table, quality_table)
+            with gr.Tab("Batch"):
+                _batch_section(handlers, settings, wire, category)
         wire(category.change, handlers.choose_category, category, [methods, detection_table, quality_table])
         if build_text is not None:  # until the category is built: refresh its status and the category list
             timer = gr.Timer(3.0)
@@ -171,6 +176,24 @@ def _part_section(handlers: Handlers, settings: Settings, wire: Wiring, category
     wire(publish_btn.click, handlers.page_publish, [category, publish_repo], publish_text)
 
 
+def _batch_section(handlers: Handlers, settings: Settings, wire: Wiring, category) -> None:
+    caps = settings.batch
+    gr.Markdown(f"Inspect up to {caps.max_pictures} pictures of the category chosen on the first tab at once "
+                "(files, or a zip): a table of verdicts, the same rows as a CSV file, and the most anomalous with "
+                "their anomaly maps. A whole folder or a day of pictures: `python -m training.inspect` (README).")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            files = UploadedFile(file_count="multiple", label="Pictures (or a zip)", file_types=["image", ".zip"])
+            run_btn = gr.Button("Inspect all", variant="primary")
+            summary = gr.Markdown()
+            csv = gr.File(label="Results (CSV)", interactive=False)
+        with gr.Column(scale=2, min_width=300):
+            gallery = gr.Gallery(label="Most anomalous (anomaly map; cyan: above threshold)", columns=4,
+                                 height="auto", object_fit="contain")
+    table = gr.Dataframe(label="Every picture", wrap=True)
+    wire(run_btn.click, handlers.page_detect_batch, [files, category], [summary, table, csv, gallery])
+
+
 def _api(handlers: Handlers, wire: Wiring) -> None:
     """The public API: file inputs so xai.io sees every upload as it was sent."""
     with gr.Row(visible=False):
@@ -181,7 +204,8 @@ def _api(handlers: Handlers, wire: Wiring) -> None:
         api_method = gr.Textbox(label="method")
         api_out_image = gr.Image(format="jpeg")  # ~10x smaller than PNG for photos: faster round trips
         api_out_json = gr.JSON()
-        buttons = [gr.Button() for _ in range(6)]
+        api_out_table, api_out_file, api_out_gallery = gr.Dataframe(), gr.File(), gr.Gallery(format="jpeg")
+        buttons = [gr.Button() for _ in range(7)]
     wire(buttons[0].click, handlers.detect, [api_image, api_category], [api_out_image, api_out_json], private=False)
     wire(buttons[1].click, handlers.explain, [api_image, api_category, api_method], [api_out_image, api_out_json],
          private=False)
@@ -189,3 +213,5 @@ def _api(handlers: Handlers, wire: Wiring) -> None:
     wire(buttons[3].click, handlers.fit, [api_images, api_name], api_out_json, private=False)
     wire(buttons[4].click, handlers.train_classifier, api_category, api_out_json, private=False)
     wire(buttons[5].click, handlers.cancel_training, api_category, api_out_json, private=False)
+    wire(buttons[6].click, handlers.detect_batch, [api_images, api_category],
+         [api_out_table, api_out_file, api_out_gallery], private=False)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from space.admission import Limits
+from space.batches import BatchLimits
 from space.categories import CategoryLimits
 from xai.io import MAX_BYTES
 
@@ -39,6 +40,7 @@ class Settings:
     trusted_hops: int = 0
     limits: Limits = field(default_factory=Limits)
     categories: CategoryLimits = field(default_factory=CategoryLimits)
+    batch: BatchLimits = field(default_factory=BatchLimits)  # what one /detect_batch may hold
     max_upload_bytes: int = MAX_BYTES  # one uploaded file
     cache_sweep: tuple[int, int] = (300, 1800)  # every 5 min, delete uploads and returned files older than 30 min
     cache_bytes: int = 4 * 1024**3  # ... and then the oldest while they hold more than this (the uploads' budget)

@@ -34,7 +34,8 @@ def _is_picture_member(info: zipfile.ZipInfo) -> bool:
     return not info.is_dir() and not hidden and Path(name).suffix.lower() in PICTURE_SUFFIXES
 
 
-def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str = "good pictures") -> list[Path]:
+def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str = "good pictures",
+           job: str = "fit") -> list[Path]:
     """Copy the pictures of `files` (paths; zips are expanded) into `dest`; UploadError past a cap or for a zip
     that cannot be read. Returns the copies in the order given. Every zip entry counts toward a cap on entries
     (pictures or not), and each zip is opened once, so a zip of a million empty entries costs one refusal."""
@@ -43,7 +44,7 @@ def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str
     if not isinstance(files, (list, tuple)) or not all(isinstance(f, (str, Path)) for f in files):
         raise UploadError(f"Send the {what} as a list of files.")
     if len(files) > max_pictures:
-        raise UploadError(f"Too many {what}: at most {max_pictures} in one fit.")
+        raise UploadError(f"Too many {what}: at most {max_pictures} in one {job}.")
     paths = list(dict.fromkeys(Path(f) for f in files))  # the same file listed twice counts once
     plan: list[tuple[Path, list[zipfile.ZipInfo] | None]] = []
     total = n_pictures = n_entries = 0
@@ -73,7 +74,7 @@ def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str
             n_pictures += 1
             plan.append((path, None))
         if n_pictures > max_pictures:
-            raise UploadError(f"Too many {what}: at most {max_pictures} in one fit.")
+            raise UploadError(f"Too many {what}: at most {max_pictures} in one {job}.")
         if total > max_bytes:
             raise UploadError(f"The {what} add up to more than {max_bytes // 2**20} MB; send fewer or smaller ones.")
     if not n_pictures:

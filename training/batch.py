@@ -120,19 +120,19 @@ def columns(components: Sequence[str], labelled: bool) -> list[str]:
             + [f"score_{c}" for c in components] + ["ms", "error"] + (["truth", "truth_is_defect"] if labelled else []))
 
 
-def row_of(item: Item, found, components: Sequence[str], extra_ms: float = 0.0) -> dict:
-    """One result row: a Detection's verdict and every component's score, or an error's message (the picture
-    could not be read) with empty verdict fields. `extra_ms` is time spent on the picture outside the Detection
-    (reading it ahead of the model)."""
+def row_of(item: Item, found, components: Sequence[str]) -> dict:
+    """One result row: a Detection's verdict and every component's score (its ms: reading, decoding, preparing
+    and its share of the model's work), or an error's message (the picture could not be read) with empty verdict
+    fields."""
     row = {"path": item.path, "truth": item.truth, "truth_is_defect": is_defect_truth(item.truth)}
     if isinstance(found, Exception):
         row.update(width=None, height=None, label=None, is_defect=None, score=None, threshold=None, component=None,
-                   ms=round(extra_ms, 3), error=str(found) or type(found).__name__,
+                   ms=None, error=str(found) or type(found).__name__,
                    **{f"score_{c}": None for c in components})
         return row
     row.update(width=found.image_size[0], height=found.image_size[1], label=found.label, is_defect=found.is_defect,
                score=found.score, threshold=found.threshold, component=found.decided_by,
-               ms=round(found.timings_ms.get("total", 0.0) + extra_ms, 3), error="",
+               ms=round(found.timings_ms.get("total", 0.0), 3), error="",
                **{f"score_{c}": found.scores.get(c) for c in components})
     return row
 
@@ -230,18 +230,24 @@ def batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
 
 
 # -- one batch, whatever the engine ---------------------------------------------------------------------------
-def read_all(items: Sequence[Item]) -> list[tuple[Image.Image | ImageInputError, float]]:
-    """Each item's decoded picture (or the error that stopped it) and the ms it took."""
+def prepare_all(inspector, items: Sequence[Item]) -> list:
+    """Each item read, decoded and made into model inputs (`Inspector.prepare`; reading counted in its decode
+    time), or the ImageInputError that stopped it: the CPU work a batch engine does ahead of the model."""
     import time
 
     out = []
     for item in items:
         start = time.perf_counter()
         try:
-            picture: Image.Image | ImageInputError = read_picture(item.path)
+            picture = read_picture(item.path)
         except ImageInputError as exc:
-            picture = exc
-        out.append((picture, (time.perf_counter() - start) * 1000.0))
+            out.append(exc)
+            continue
+        read_ms = (time.perf_counter() - start) * 1000.0
+        prepared = inspector.prepare(picture)
+        if not isinstance(prepared, Exception):
+            prepared.timings_ms["decode"] += read_ms
+        out.append(prepared)
     return out
 
 
@@ -270,16 +276,17 @@ class Artefacts:
             shown.save(self.overlays / f"{name}.jpg", quality=88)
 
 
-def inspect_rows(inspector, indexed: Sequence[tuple[int, Item]], pictures, artefacts: Artefacts | None = None
-                 ) -> list[dict]:
-    """Rows for one batch of (index, item) with their `read_all` pictures: every readable picture through
+def inspect_rows(inspector, indexed: Sequence[tuple[int, Item]], prepared: list,
+                 artefacts: Artefacts | None = None) -> list[dict]:
+    """Rows for one batch of (index, item) with what `prepare_all` made of them: every readable picture through
     `Inspector.detect_batch` at once, every unreadable one a row with its message."""
     components = list(inspector.thresholds)
-    readable = [k for k, (picture, _) in enumerate(pictures) if isinstance(picture, Image.Image)]
-    found: list = [picture for picture, _ in pictures]
-    for k, detection in zip(readable, inspector.detect_batch([pictures[k][0] for k in readable])):
-        found[k] = detection
-        if artefacts is not None and not isinstance(detection, Exception):
-            artefacts.write(indexed[k][0], indexed[k][1], detection, pictures[k][0])
-    return [row_of(item, result, components, read_ms) for (_, item), result, (_, read_ms)
-            in zip(indexed, found, pictures)]
+    found = inspector.detect_batch([p for p in prepared if not isinstance(p, Exception)])
+    results = iter(found)
+    rows = []
+    for (index, item), ready in zip(indexed, prepared):
+        result = ready if isinstance(ready, Exception) else next(results)
+        if artefacts is not None and not isinstance(result, Exception):
+            artefacts.write(index, item, result, ready.image)
+        rows.append(row_of(item, result, components))
+    return rows

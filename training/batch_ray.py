@@ -1,5 +1,7 @@
 """Batch inspection on Ray Data: the same rows as the local engine, from a pool of actors that each load the bundle
-once. A Ray Data stage of tasks reads the pictures' bytes; `map_batches` runs `RayInspector` on them.
+once. Ray Data streams the pictures' paths in batches to `map_batches(RayInspector)`, whose actors read, decode and
+inspect them where they run (no picture bytes travel through the object store; a separate reading stage of tasks
+started a worker process per task on a 2-core machine and made the run slower than the local engine).
 
 Ray is optional (`pip install -r requirements-ray.txt`). Locally a Ray instance is started and stopped around
 the run; `--ray-address` joins an existing cluster, whose nodes need this project's requirements installed
@@ -13,12 +15,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from training.batch import Artefacts, Item, inspect_rows, read_picture
+from training.batch import Artefacts, Item, inspect_rows, prepare_all
 from training.data import DataError
 
 INSTALL = "Ray is not installed: pip install -r requirements-ray.txt (or use --engine local)."
 PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "xai"]
-MAX_ACTOR_THREADS = 4  # torch threads per actor: past this, more actors use a machine's cores better
+ACTOR_THREADS = 1  # torch threads per actor: one actor a core, as the local engine runs one pipeline a core
 
 
 def _ray():
@@ -29,55 +31,27 @@ def _ray():
     return ray
 
 
-def read_bytes(batch):
-    """Ray Data stage: each row's picture bytes (a zip member's too); unreadable ones as empty bytes, decoded and
-    reported by the actor like any unreadable picture."""
-    from training.batch import ZIP_SEP
-
-    out = []
-    for path in batch["path"]:
-        try:
-            if ZIP_SEP in path:
-                out.append(b"")  # a zip member: the actor reads it from the archive
-            else:
-                with open(path, "rb") as fh:
-                    out.append(fh.read())
-        except OSError:
-            out.append(b"")
-    batch["data"] = out
-    return batch
-
-
 class RayInspector:
     """One Ray actor: the bundle loaded once, then `Inspector.detect_batch` on each batch of rows."""
 
     def __init__(self, bundle: str, threads: int, out: str, maps: bool, overlays: bool):
+        import faiss
         import torch
 
         from xai.inspector import Inspector
 
         torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
         self.inspector = Inspector.from_source(bundle)
         self.artefacts = Artefacts(Path(out), maps, overlays) if maps or overlays else None
 
     def __call__(self, batch):
-        import io
-        import time
-
         import pandas as pd
 
-        from xai.io import ImageInputError, load_image
-
-        indexed, pictures = [], []
-        for index, path, truth, data in zip(batch["index"], batch["path"], batch["truth"], batch["data"]):
-            start = time.perf_counter()
-            try:
-                picture = load_image(io.BytesIO(data)) if len(data) else read_picture(path)
-            except ImageInputError as exc:
-                picture = exc
-            indexed.append((int(index), Item(path, truth or None)))
-            pictures.append((picture, (time.perf_counter() - start) * 1000.0))
-        return pd.DataFrame(inspect_rows(self.inspector, indexed, pictures, self.artefacts))
+        indexed = [(int(index), Item(path, truth or None))
+                   for index, path, truth in zip(batch["index"], batch["path"], batch["truth"])]
+        prepared = prepare_all(self.inspector, [item for _, item in indexed])
+        return pd.DataFrame(inspect_rows(self.inspector, indexed, prepared, self.artefacts))
 
 
 def inspect_ray(bundle: str, todo: list[tuple[int, Item]], batch_size: int, maps: bool, overlays: bool, out: Path,
@@ -94,11 +68,10 @@ def inspect_ray(bundle: str, todo: list[tuple[int, Item]], batch_size: int, maps
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the command's own bar counts pictures
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        threads = max(1, min(MAX_ACTOR_THREADS, os.cpu_count() or 1, cpus))
+        threads = ACTOR_THREADS
         actors = max(1, cpus // threads)
         rows = [{"index": i, "path": item.path, "truth": item.truth or ""} for i, item in todo]
-        data = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 4 * actors * 8)))
-        data = data.map_batches(read_bytes, batch_size=batch_size, num_cpus=0.25)
+        data = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 8 * actors)))
         data = data.map_batches(RayInspector, batch_size=batch_size, batch_format="pandas", num_cpus=1,
                                 compute=ray.data.ActorPoolStrategy(size=actors),
                                 fn_constructor_kwargs={"bundle": bundle, "threads": threads, "out": str(out),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.batch import Item, read_picture
+from training.batch import read_picture
 from xai.metrics import auroc, binary_report, f1_max
 
 THUMB = 360  # px, the longer side of an overlay in the report
@@ -76,7 +76,7 @@ def overlays(table, bundle: str, top: int) -> list[tuple[dict, str]]:
     inspector = Inspector.from_source(bundle)
     out = []
     for row in best.to_dict("records"):
-        picture = read_picture(Item(row["path"]).path)
+        picture = read_picture(row["path"])
         found = inspector.detect(picture)
         shown = picture if found.anomaly_map is None else verdict_overlay(
             picture, found.anomaly_map, found.thresholds["patchcore"], found.scores["patchcore"])

@@ -45,6 +45,16 @@ class Detection:
         }
 
 
+@dataclass
+class Prepared:
+    """A decoded picture with its model inputs (`Inspector.prepare`), ready for `detect_batch`."""
+
+    image: Image.Image
+    x: torch.Tensor | None  # PatchCore's input [1, 3, h, w] in the picture's own aspect
+    head_x: torch.Tensor | None  # the heads' square input, when they cannot share PatchCore's trunk forward
+    timings_ms: dict[str, float]  # decode and preprocess
+
+
 def primary_component(meta: dict) -> str:
     """The component whose verdict the app shows: PatchCore on one-class data, else the CNN (or ViT) head."""
     comps = meta.get("components", {})
@@ -158,40 +168,46 @@ class Inspector:
     def detect(self, source: ImageSource) -> Detection:
         """Decode `source`, run every component and apply the deciding component's threshold. The trunk runs once
         when PatchCore's input is the heads' square one, else once for each."""
-        start = time.perf_counter()
-        image = load_image(source)
-        return self._detect_images([image], [(time.perf_counter() - start) * 1000.0])[0]
+        prepared = self.prepare(source)
+        if isinstance(prepared, ImageInputError):
+            raise prepared
+        return self.detect_prepared([prepared])[0]
 
     @torch.no_grad()
-    def detect_batch(self, sources: Sequence[ImageSource]) -> list[Detection | ImageInputError]:
-        """`detect` for many pictures, with one trunk forward (and one nearest-neighbour search) per group of
-        pictures that share a model input shape: the same verdicts and maps as one at a time. A picture that cannot
-        be read is its ImageInputError in the list, in its place: never the end of the batch. Each picture's
-        timings are its own decode and its share of its group's work."""
-        images: list[Image.Image | ImageInputError] = []
-        decode_ms: list[float] = []
-        for source in sources:
-            start = time.perf_counter()
-            try:
-                images.append(load_image(source))
-            except ImageInputError as exc:
-                images.append(exc)
-            decode_ms.append((time.perf_counter() - start) * 1000.0)
+    def detect_batch(self, sources: Sequence[ImageSource | Prepared]) -> list[Detection | ImageInputError]:
+        """`detect` for many pictures (sources, or what `prepare` made of them), with one trunk forward and one
+        nearest-neighbour search per group of pictures that share a model input shape: the same verdicts and maps
+        as one at a time. A picture that cannot be read is its ImageInputError, in its place: never the end of the
+        batch. Each picture's timings are its own decoding and preparing and its share of its group's work."""
+        prepared = [s if isinstance(s, Prepared) else self.prepare(s) for s in sources]
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(images):
-            if isinstance(image, Image.Image):
-                shape = self.patchcore.input_shape(*image.size) if self.patchcore is not None else ()
-                groups.setdefault(shape, []).append(i)
-        results: list[Detection | ImageInputError] = list(images)
+        for i, item in enumerate(prepared):
+            if isinstance(item, Prepared):
+                groups.setdefault(tuple(item.x.shape) if item.x is not None else (), []).append(i)
+        results: list[Detection | ImageInputError] = list(prepared)
         for members in groups.values():
-            found = self._detect_images([images[i] for i in members], [decode_ms[i] for i in members])
-            for i, detection in zip(members, found):
+            for i, detection in zip(members, self.detect_prepared([prepared[i] for i in members])):
                 results[i] = detection
         return results
 
-    def _detect_images(self, images: list[Image.Image], decode_ms: list[float]) -> list[Detection]:
-        """Every component on decoded pictures that share PatchCore's input shape, as one batch."""
-        n = len(images)
+    def prepare(self, source: ImageSource) -> Prepared | ImageInputError:
+        """Decode `source` and make its model inputs (the CPU work before the model, which a batch engine does in
+        a thread of its own); an unreadable picture comes back as its ImageInputError."""
+        start = time.perf_counter()
+        try:
+            image = load_image(source)
+        except ImageInputError as exc:
+            return exc
+        decoded = time.perf_counter()
+        x = self.model_input(image, "patchcore") if self.patchcore is not None else None
+        head_x = self.preprocess(image) if self.heads and (x is None or not self._shares_trunk(x)) else None
+        return Prepared(image, x, head_x, {"decode": (decoded - start) * 1000.0,
+                                           "preprocess": (time.perf_counter() - decoded) * 1000.0})
+
+    @torch.no_grad()
+    def detect_prepared(self, prepared: list[Prepared]) -> list[Detection]:
+        """Every component on prepared pictures that share PatchCore's input shape, as one batch."""
+        n = len(prepared)
         shared: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -201,13 +217,12 @@ class Inspector:
             shared[name] = (now - clock) * 1000.0 / n
             clock = now
 
-        scores: list[dict[str, float]] = [{} for _ in images]
-        probabilities: list[dict[str, dict[str, float]]] = [{} for _ in images]
+        scores: list[dict[str, float]] = [{} for _ in prepared]
+        probabilities: list[dict[str, dict[str, float]]] = [{} for _ in prepared]
         maps: list[np.ndarray | None] = [None] * n
         if self.patchcore is not None:
             pc = self.patchcore
-            x = torch.cat([self.model_input(image, "patchcore") for image in images])
-            lap("preprocess")
+            x = torch.cat([p.x for p in prepared])
             stages = pc.stage_outputs(self.trunk, x)
             lap("trunk")
             embedding = pc.embed(stages, x)
@@ -221,11 +236,11 @@ class Inspector:
             lap("map")
         if self.heads:
             # the heads read stage 4 of a square picture: shared with PatchCore's forward when it saw the same
-            if self.patchcore is not None and self._shares_trunk(x):
+            if prepared[0].head_x is None:
                 head_input = stages[HEAD_INPUT_STAGE]
             else:
-                head_input = self.trunk(preprocess(images, self.input_size, self.mean, self.std),
-                                        upto=HEAD_INPUT_STAGE)[HEAD_INPUT_STAGE]
+                head_x = torch.cat([p.head_x for p in prepared])
+                head_input = self.trunk(head_x, upto=HEAD_INPUT_STAGE)[HEAD_INPUT_STAGE]
                 lap("head_trunk")
             for name, head in self.heads.items():
                 for k, probs in enumerate(head(head_input).softmax(-1)):
@@ -234,13 +249,13 @@ class Inspector:
                         scores[k][name] = 1.0 - float(probs[self.normal_index])
                 lap(name)
         detections = []
-        for k, image in enumerate(images):
-            timings = {"decode": decode_ms[k], **shared}
+        for k, item in enumerate(prepared):
+            timings = {**item.timings_ms, **shared}
             timings["total"] = sum(timings.values())
             label, is_defect = self._verdict(scores[k], probabilities[k])
             detections.append(Detection(label, is_defect, scores[k].get(self.decision, float("nan")),
                                         self.threshold, self.decision, scores[k], self.thresholds, maps[k],
-                                        image.size, probabilities[k], timings))
+                                        item.image.size, probabilities[k], timings))
         return detections
 
     def _shares_trunk(self, x: torch.Tensor) -> bool:

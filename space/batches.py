@@ -1,0 +1,108 @@
+"""/detect_batch: many pictures (files or zips of them) of one category inspected at once, within caps on pictures,
+bytes and model pixels, at low priority so that /detect keeps its speed. The rows are training.inspect's."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from space.lowpriority import run_low_priority
+from space.outputs import OutputFolder
+from space.parts import fit_megapixels
+from space.uploads import UploadError, gather
+from training.batch import Item, batches, columns, frame, prepare_all, row_of
+from training.cli import progress
+from training.inspect import DEFAULT_BATCH
+from xai.render import verdict_overlay
+
+SHOWN_COLUMNS = ["picture", "label", "is_defect", "score", "threshold", "width", "height", "ms", "error"]
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """What one /detect_batch may cost (configs as data)."""
+
+    max_pictures: int = 64
+    max_bytes: int = 200 * 1024 * 1024  # all files together (zip members counted uncompressed)
+    max_megapixels: float = 24.0  # model pixels at the detector's view: 64 pictures of 4:3 are about 9 million
+    gallery: int = 8  # the most anomalous shown with their overlays
+
+
+class BatchInspection:
+    """Runs one caller's batch: gathers the files into a scratch folder, inspects them in small batches (a progress
+    bar per picture), and answers with the table, a CSV file and the most anomalous pictures' overlays."""
+
+    def __init__(self, catalogue, outputs: OutputFolder, limits: BatchLimits | None = None):
+        self.catalogue, self.outputs, self.limits = catalogue, outputs, limits or BatchLimits()
+
+    def run(self, files, category):
+        """(the table as the page shows it (a DataFrame, SHOWN_COLUMNS), the CSV file's path with every column,
+        [(overlay path, caption)] of the most anomalous)."""
+        inspector = self.catalogue.get(category)
+        limits = self.limits
+        scratch = Path(tempfile.mkdtemp(prefix="defect-xai-batch-"))
+        try:
+            pictures = gather(files, scratch, limits.max_pictures, limits.max_bytes, "pictures to inspect",
+                              "batch")
+            megapixels = _megapixels(pictures)
+            if megapixels > limits.max_megapixels:
+                raise UploadError(f"These pictures come to {megapixels:.0f} million pixels at the detector's view; "
+                                  f"one batch may have {limits.max_megapixels:.0f} million. Send fewer pictures.")
+            return run_low_priority(self._inspect, inspector, pictures)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _inspect(self, inspector, pictures: list[Path]):
+        names = columns(list(inspector.thresholds), labelled=False)
+        components = list(inspector.thresholds)
+        items = [(i, Item(str(p))) for i, p in enumerate(pictures)]
+        rows: list[dict] = []
+        worst: list[tuple[float, int, Image.Image, object]] = []  # (score, index, picture, detection), the top few
+        bar = progress(None, "inspect", total=len(items))
+        for chunk in batches(items, DEFAULT_BATCH):
+            prepared = prepare_all(inspector, [item for _, item in chunk])
+            found = iter(inspector.detect_batch([p for p in prepared if not isinstance(p, Exception)]))
+            for (i, item), ready in zip(chunk, prepared):
+                result = ready if isinstance(ready, Exception) else next(found)
+                row = row_of(item, result, components)
+                row["path"] = _name(pictures[i])  # the name it was sent with: never a server path
+                rows.append(row)
+                if not isinstance(result, Exception) and result.anomaly_map is not None:
+                    worst = sorted([*worst, (result.score, i, _small(ready.image), result)],
+                                   key=lambda w: -w[0])[:self.limits.gallery]
+            bar.update(len(chunk))
+        bar.close()
+        table = frame(rows, names)
+        csv = self.outputs.save_text(table.to_csv(index=False), "csv")
+        gallery = [(self.outputs.save(verdict_overlay(picture, found.anomaly_map, found.thresholds["patchcore"],
+                                                      found.scores["patchcore"])),
+                    f"{rows[i]['path']} · {found.label} · score {found.score:.3g}") for _, i, picture, found in worst]
+        view = table.rename(columns={"path": "picture"})[SHOWN_COLUMNS]
+        return view.astype(object).where(view.notna(), None), csv, gallery
+
+
+def _megapixels(pictures: list[Path]) -> float:
+    """Model pixels of the readable pictures (an unreadable one is a row with its message, not a refusal)."""
+    total = 0.0
+    for picture in pictures:
+        try:
+            total += fit_megapixels([picture])
+        except Exception:  # not a picture PIL can open: inspected later, and reported in its row
+            continue
+    return total
+
+
+def _name(copy: Path) -> str:
+    """The uploaded name of a gathered copy (`NNN_<name>`)."""
+    return copy.name.split("_", 1)[-1]
+
+
+def _small(picture: Image.Image) -> Image.Image:
+    """A copy at most 512 px on its longer side, for the gallery (the overlay resizes the map onto it)."""
+    shrunk = picture.copy()
+    shrunk.thumbnail((512, 512))
+    return shrunk
