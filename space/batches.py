@@ -81,7 +81,7 @@ class BatchInspection:
         gallery = [(self.outputs.save(verdict_overlay(picture, found.anomaly_map, found.thresholds["patchcore"],
                                                       found.scores["patchcore"])),
                     f"{rows[i]['path']} · {found.label} · score {found.score:.3g}") for _, i, picture, found in worst]
-        view = table.rename(columns={"path": "picture"})[SHOWN_COLUMNS]
+        view = table.rename(columns={"path": "picture"})[SHOWN_COLUMNS].round({"score": 4, "threshold": 4, "ms": 1})
         return view.astype(object).where(view.notna(), None), csv, gallery
 
 

@@ -190,7 +190,7 @@ def _batch_section(handlers: Handlers, settings: Settings, wire: Wiring, categor
         with gr.Column(scale=2, min_width=300):
             gallery = gr.Gallery(label="Most anomalous (anomaly map; cyan: above threshold)", columns=4,
                                  height="auto", object_fit="contain")
-    table = gr.Dataframe(label="Every picture", wrap=True)
+    table = gr.Dataframe(label="Every picture", wrap=True, interactive=False)
     wire(run_btn.click, handlers.page_detect_batch, [files, category], [summary, table, csv, gallery])
 
 

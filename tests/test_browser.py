@@ -2,7 +2,8 @@
 
 It uploads a part, runs Inspect and the default explanations, checks that the verdict and the captioned panels
 appear, repeats the inspection at phone width (no sideways scrolling) and inside an iframe, and saves
-screenshots to out/screenshots/ (app.png, app-phone.png, app-iframe.png; ignored by git).
+screenshots to out/screenshots/ (app.png, app-phone.png, app-iframe.png, app-batch.png, batch-report.png;
+ignored by git).
 """
 
 from __future__ import annotations
@@ -128,3 +129,42 @@ def test_add_a_category_inspect_it_and_download_it(classifier_bundle, tmp_path, 
         bundle = load(tmp_path / "unzipped")
         assert bundle.category == "woven strap" and bundle.components() == ["patchcore"]
         assert (tmp_path / "unzipped" / "README.md").is_file()
+
+
+def test_the_batch_tab_and_the_batch_report(classifier_bundle, tmp_path, serve):
+    """The Batch tab inspects several pictures at once (table, CSV, gallery), and `training.inspect`'s report.html
+    opens in the browser with its histogram and overlays; screenshots app-batch.png and batch-report.png."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from training import inspect as inspect_cli
+
+    rng = np.random.default_rng(33)
+    folder = tmp_path / "day"
+    (folder / "good").mkdir(parents=True)
+    (folder / "blob").mkdir()
+    for i in range(3):
+        Image.fromarray(texture(rng)).save(folder / "good" / f"ok_{i}.png")
+        blob_part(folder / "blob" / f"bad_{i}.png", rng)
+    pictures = sorted(folder.rglob("*.png"))
+    assert inspect_cli.main(["--bundle", str(classifier_bundle), "--input", str(folder), "--out",
+                             str(tmp_path / "out"), "--top", "4"]) == 0
+    with served(serve, classifier_bundle) as (url, shots):
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(f"{url}/", wait_until="load")
+            page.get_by_role("tab", name="Batch").click()
+            expect(page.get_by_role("button", name="Inspect all", exact=True)).to_be_visible()
+            page.locator("input[type=file][multiple]").last.set_input_files([str(p) for p in pictures])  # Batch tab
+            page.get_by_role("button", name="Inspect all", exact=True).click()
+            expect(page.get_by_text("6 pictures: 3 defective, 3 good").first).to_be_visible(timeout=120_000)
+            expect(page.get_by_role("cell", name="bad_0.png").first).to_be_visible()
+            page.screenshot(path=str(shots / "app-batch.png"), full_page=True)
+            report = browser.new_page(viewport={"width": 1280, "height": 1400})
+            report.goto((tmp_path / "out" / "report.html").as_uri(), wait_until="load")
+            expect(report.get_by_text("6 pictures:", exact=False)).to_be_visible()
+            expect(report.get_by_role("img", name="score histogram")).to_be_visible()
+            assert report.locator("figure img").count() == 4
+            report.screenshot(path=str(shots / "batch-report.png"), full_page=True)
+            browser.close()
+    assert (shots / "batch-report.png").stat().st_size > 10_000
