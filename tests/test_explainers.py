@@ -14,8 +14,9 @@ from xai.explainers import GRADIENT_METHODS, METHODS, ExplainContext, create_exp
 from xai.explainers.attention_rollout import rollout
 from xai.inspector import Inspector
 
-FAST = {"smoothgrad": {"samples": 4, "batch": 4}, "integrated_gradients": {"steps": 8, "batch": 8},
-        "occlusion": {"window": 56, "stride": 56}, "shap": {"evaluations": 60, "batch": 30, "plot": True}}
+FAST = {"score_cam": {"channels": 32}, "smoothgrad": {"samples": 4, "batch": 4},
+        "integrated_gradients": {"steps": 8, "batch": 8}, "occlusion": {"window": 56, "stride": 56},
+        "shap": {"evaluations": 60, "batch": 30, "plot": True}}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ def defect_image():
 
 def test_every_method_is_available_and_registered(inspector):
     assert set(inspector.methods()) == set(METHODS) == {
-        "anomaly_map", "retrieval", "gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients",
-        "attention_rollout", "occlusion", "shap"}
+        "anomaly_map", "retrieval", "cam", "gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients",
+        "attention_rollout", "occlusion", "score_cam", "shap"}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -150,6 +151,40 @@ def test_gradcam_pp_matches_pytorch_grad_cam(inspector, defect_image):
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.99
 
 
+def test_cam_is_the_closed_form_its_mean_plus_the_bias_is_the_logit(inspector, defect_image):
+    """CAM at the head's own 7 x 7 grid is W_class . A_ij; averaged over the grid plus the class's bias it is the
+    class logit exactly (the head pools by the mean, then one linear layer)."""
+    from PIL import Image
+
+    x = inspector.preprocess(Image.fromarray(defect_image))
+    explainer = create_explainer("cam", inspector.explain_context())
+    model = inspector.explain_context().classifier("classifier_cnn")
+    with torch.no_grad():
+        logits = model(x)[0]
+        activations = model.head.activations(model.trunk(x, upto=4)[4])[0]
+    for target in (0, 1):
+        grid = explainer.compute(x, torch.tensor([target]))["heatmap"][0]
+        weights = model.head.classifier.weight[target]
+        closed = (weights[:, None, None] * activations).sum(0)
+        torch.testing.assert_close(grid, closed, atol=1e-5, rtol=1e-5)
+        logit = float(grid.mean() + model.head.classifier.bias[target].detach())
+        assert logit == pytest.approx(float(logits[target]), abs=1e-4)
+
+
+def test_score_cam_matches_pytorch_grad_cam(inspector, defect_image):
+    """Every channel scored (channels=0), as the reference does, at 112 px to keep the test short."""
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = preprocess([__import__("PIL.Image").Image.fromarray(defect_image)], 112)
+    ours = create_explainer("score_cam", inspector.explain_context(), channels=0).explain(x).heatmap
+    model = inspector.explain_context().classifier("classifier_cnn")
+    with ScoreCAM(model=model, target_layers=[model.head.target_layer]) as reference:
+        reference.batch_size = 64
+        theirs = reference(input_tensor=x, targets=[ClassifierOutputTarget(1)])[0]
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.99
+
+
 def test_rollout_equals_the_hand_computed_product():
     rng = np.random.default_rng(0)
     layers = []
@@ -216,11 +251,18 @@ class PlantedHead(nn.Module):
     def target_layer(self):
         return self.act
 
+    @property
+    def classifier(self):
+        return self.fc
+
+    def activations(self, f):
+        return self.act(self.conv(f * self.mask))
+
     def forward(self, f):
-        return self.fc(self.act(self.conv(f * self.mask)).mean(dim=(2, 3)))
+        return self.fc(self.activations(f).mean(dim=(2, 3)))
 
 
-@pytest.mark.parametrize("method", [*GRADIENT_METHODS, "occlusion", "shap"])
+@pytest.mark.parametrize("method", [*GRADIENT_METHODS, "cam", "score_cam", "occlusion", "shap"])
 def test_planted_feature_every_faithful_method_points_at_the_region(method):
     torch.manual_seed(0)
     ctx = ExplainContext(PlantedTrunk(), {"classifier_cnn": PlantedHead()})
@@ -235,7 +277,7 @@ def test_planted_feature_every_faithful_method_points_at_the_region(method):
     assert inside[peak], f"{method} peaks at {peak}"
     # nearly all evidence inside the region, allowing for each method's resolution: CAMs are bilinear
     # upsamplings of the 14 x 14 grid (half a cell of bleed), SHAP's coarsest partition cells are larger
-    margin = {"gradcam": 8, "gradcam_pp": 8, "shap": 32}.get(method, 0)
+    margin = {"gradcam": 8, "gradcam_pp": 8, "cam": 8, "score_cam": 8, "shap": 32}.get(method, 0)
     near = np.zeros((224, 224), bool)
     near[32 - margin:96 + margin, 128 - margin:192 + margin] = True
     assert heat[near].sum() / heat.sum() > 0.9

@@ -65,9 +65,12 @@ class CNNHead(nn.Module):
         """The last conv block (activations 1280 x 7 x 7): GradCAM's layer."""
         return self.bn2
 
+    def activations(self, features: torch.Tensor) -> torch.Tensor:
+        """The last conv block's output [B, 1280, h, w]: what the class maps (CAM, Score-CAM, GradCAM) weigh."""
+        return self.bn2(self.conv_head(self.stages(features)))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.bn2(self.conv_head(self.stages(features)))
-        return self.classifier(self.dropout(self.pool(x).flatten(1)))
+        return self.classifier(self.dropout(self.pool(self.activations(features)).flatten(1)))
 
     def reinitialise(self) -> None:
         """Random weights as EfficientNet initialises them (timm's TF-style He init, zero biases); on a

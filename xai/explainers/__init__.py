@@ -5,12 +5,14 @@ from __future__ import annotations
 from xai.explainers.anomaly_map import AnomalyMap
 from xai.explainers.attention_rollout import AttentionRollout
 from xai.explainers.base import Classifier, ExplainContext, Explainer, Explanation
+from xai.explainers.cam import CAM
 from xai.explainers.gradcam import GradCAM
 from xai.explainers.gradcam_pp import GradCAMPlusPlus
 from xai.explainers.integrated_gradients import IntegratedGradients
 from xai.explainers.occlusion import Occlusion
 from xai.explainers.retrieval import Retrieval
 from xai.explainers.saliency import Saliency
+from xai.explainers.score_cam import ScoreCAM
 from xai.explainers.shap_values import SHAP
 from xai.explainers.smoothgrad import SmoothGrad
 
@@ -19,11 +21,13 @@ METHODS: dict[str, type[Explainer]] = {cls.name: cls for cls in (
     Retrieval,
     GradCAM,
     GradCAMPlusPlus,
+    CAM,
     Saliency,
     SmoothGrad,
     IntegratedGradients,
     AttentionRollout,
     Occlusion,
+    ScoreCAM,
     SHAP,
 )}
 GRADIENT_METHODS = ("gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients")
