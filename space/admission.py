@@ -54,8 +54,9 @@ RULES: dict[str, Rule] = {
     "explain_slow": Rule(concurrency=1, per_caller=1, burst=3, every_s=20.0, forget_s=600.0),
     # page bookkeeping and /info: cheap, but one caller still gets a few at a time
     "info": Rule(concurrency=8, per_caller=4, burst=60, every_s=0.1),
-    # fits and classifier trainings share the one heavy slot
-    "fit": Rule(concurrency=1, per_caller=1, burst=4, every_s=60.0, waiting=8, forget_s=1800.0),
+    # fits and classifier trainings: two at once, one per caller, so one caller's fit (up to its 300 s budget) never
+    # makes another visitor's wait; both run at the lowest CPU priority, and /detect keeps its speed
+    "fit": Rule(concurrency=2, per_caller=1, burst=4, every_s=60.0, waiting=8, forget_s=1800.0),
     # many pictures at once (seconds to a minute, at low priority): one at a time in all, one per caller
     "batch": Rule(concurrency=1, per_caller=1, burst=3, every_s=30.0, waiting=8, forget_s=600.0),
     # a category's bundle as a zip (seconds), and publishing it to the Hub (seconds of upload)

@@ -222,10 +222,11 @@ def test_detect_batch_through_the_app_gives_the_commands_rows(classifier_bundle,
     assert list(rows["picture"]) == [p.name for p in blobs[:4]] + ["broken.png", "000.png", "001.png"]
     broken = rows[rows["picture"] == "broken.png"].iloc[0]
     assert broken["error"].startswith("The file is not an image") and pd.isna(broken["score"])
-    assert rows.loc[0, "score"] == pytest.approx(verdict["score"], abs=1e-5)
-    assert bool(rows.loc[0, "is_defect"]) == verdict["is_defect"]
     assert str(tmp_path) not in json.dumps(table) and "/tmp" not in json.dumps(table)
-    full = pd.read_csv(csv, keep_default_na=False)
+    full = pd.read_csv(csv, keep_default_na=False)  # every column at full precision (the table shows 4 decimals)
+    assert float(full.loc[0, "score"]) == pytest.approx(verdict["score"], abs=1e-5)
+    assert rows.loc[0, "score"] == pytest.approx(verdict["score"], abs=1e-4)
+    assert bool(rows.loc[0, "is_defect"]) == verdict["is_defect"]
     assert list(full.columns) == columns(["patchcore", "classifier_cnn", "classifier_vit"], labelled=False)
     assert list(full["path"]) == list(rows["picture"])
     assert len(gallery) == 3

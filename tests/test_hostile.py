@@ -477,3 +477,38 @@ def test_the_caller_is_the_entry_the_trusted_proxies_wrote():
     assert Settings.from_env({}).trusted_hops == 0
     assert Settings.from_env({"SPACE_ID": "me/defect-xai"}).trusted_hops == 1
     assert Settings.from_env({"SPACE_ID": "me/x", "DEFECT_XAI_TRUSTED_HOPS": "2"}).trusted_hops == 2
+
+
+def test_one_callers_long_fit_does_not_hold_up_another_visitors_fit(space_server, part, monkeypatch):
+    """Caller A's fit runs on (as a 48-million-pixel fit would for two minutes); caller B's one-picture fit starts
+    and answers at once, and A cannot start a second one meanwhile."""
+    import threading
+
+    from space import parts as parts_module
+
+    server, _ = space_server
+    a, b = visitor("198.51.100.70"), visitor("198.51.100.71")
+    started, release = threading.Event(), threading.Event()
+
+    def held_fit(self, files, name, caller, defects=None):
+        if caller == "198.51.100.70":
+            started.set()
+            release.wait(60)
+            raise parts_module.PartError("let go by the test")
+        return {"category": "made-for-b", "name": name, "caller": caller}
+
+    monkeypatch.setattr(parts_module.Parts, "fit", held_fit)
+    picture = upload(server, part)
+    holder = threading.Thread(target=call, args=(server, "fit", [[picture], "long"]), kwargs={"headers": a})
+    holder.start()
+    try:
+        assert started.wait(60)
+        begun = time.perf_counter()
+        kind, answer = call(server, "fit", [[upload(server, part)], "quick"], headers=b)
+        assert kind == "complete" and answer[0]["caller"] == "198.51.100.71", answer
+        assert time.perf_counter() - begun < 10
+        kind, message = call(server, "fit", [[upload(server, part)], "second"], headers=a)
+        assert kind == "error" and "already have" in message
+    finally:
+        release.set()
+        holder.join(60)
