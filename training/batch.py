@@ -109,7 +109,7 @@ def read_picture(path: str) -> Image.Image:
                 raise ImageInputError(f"{member} is {info.file_size / 1e6:.0f} MB unpacked; at most "
                                       f"{MAX_BYTES / 1e6:.0f} MB.")
             return load_image(io.BytesIO(z.read(info)))
-    except (FileNotFoundError, IsADirectoryError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:  # missing, a folder, no permission, a damaged zip
         raise ImageInputError(f"cannot read it ({type(exc).__name__})") from None
 
 
