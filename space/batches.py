@@ -14,7 +14,7 @@ from space.lowpriority import run_low_priority
 from space.outputs import OutputFolder
 from space.parts import fit_megapixels
 from space.uploads import UploadError, gather
-from training.batch import Item, batches, columns, frame, prepare_all, row_of
+from training.batch import Item, batches, columns, frame, inspect_rows, prepare_all
 from training.cli import progress
 from training.inspect import DEFAULT_BATCH
 from xai.render import verdict_overlay
@@ -58,24 +58,23 @@ class BatchInspection:
 
     def _inspect(self, inspector, pictures: list[Path]):
         names = columns(list(inspector.thresholds), labelled=False)
-        components = list(inspector.thresholds)
         items = [(i, Item(str(p))) for i, p in enumerate(pictures)]
-        rows: list[dict] = []
         worst: list[tuple[float, int, Image.Image, object]] = []  # (score, index, picture, detection), the top few
+
+        def keep_worst(index: int, item: Item, detection, picture: Image.Image) -> None:
+            nonlocal worst
+            if detection.anomaly_map is not None:
+                worst = sorted([*worst, (detection.score, index, _small(picture), detection)],
+                               key=lambda w: -w[0])[:self.limits.gallery]
+
+        rows: list[dict] = []
         bar = progress(None, "inspect", total=len(items))
         for chunk in batches(items, DEFAULT_BATCH):
-            prepared = prepare_all(inspector, [item for _, item in chunk])
-            found = iter(inspector.detect_batch([p for p in prepared if not isinstance(p, Exception)]))
-            for (i, item), ready in zip(chunk, prepared):
-                result = ready if isinstance(ready, Exception) else next(found)
-                row = row_of(item, result, components)
-                row["path"] = _name(pictures[i])  # the name it was sent with: never a server path
-                rows.append(row)
-                if not isinstance(result, Exception) and result.anomaly_map is not None:
-                    worst = sorted([*worst, (result.score, i, _small(ready.image), result)],
-                                   key=lambda w: -w[0])[:self.limits.gallery]
+            rows += inspect_rows(inspector, chunk, prepare_all(inspector, [item for _, item in chunk]), keep_worst)
             bar.update(len(chunk))
         bar.close()
+        for row, picture in zip(rows, pictures):
+            row["path"] = _name(picture)  # the name it was sent with: never a server path
         table = frame(rows, names)
         csv = self.outputs.save_text(table.to_csv(index=False), "csv")
         gallery = [(self.outputs.save(verdict_overlay(picture, found.anomaly_map, found.thresholds["patchcore"],

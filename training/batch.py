@@ -8,7 +8,7 @@ import glob
 import io
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,16 +277,16 @@ class Artefacts:
 
 
 def inspect_rows(inspector, indexed: Sequence[tuple[int, Item]], prepared: list,
-                 artefacts: Artefacts | None = None) -> list[dict]:
+                 on_detection: Callable[[int, Item, object, Image.Image], None] | None = None) -> list[dict]:
     """Rows for one batch of (index, item) with what `prepare_all` made of them: every readable picture through
-    `Inspector.detect_batch` at once, every unreadable one a row with its message."""
+    `Inspector.detect_batch` at once, every unreadable one a row with its message. `on_detection(index, item,
+    detection, picture)` sees each detection (files per picture, the Space's gallery)."""
     components = list(inspector.thresholds)
-    found = inspector.detect_batch([p for p in prepared if not isinstance(p, Exception)])
-    results = iter(found)
+    results = iter(inspector.detect_batch([p for p in prepared if not isinstance(p, Exception)]))
     rows = []
     for (index, item), ready in zip(indexed, prepared):
         result = ready if isinstance(ready, Exception) else next(results)
-        if artefacts is not None and not isinstance(result, Exception):
-            artefacts.write(index, item, result, ready.image)
+        if on_detection is not None and not isinstance(result, Exception):
+            on_detection(index, item, result, ready.image)
         rows.append(row_of(item, result, components))
     return rows

@@ -51,7 +51,8 @@ class RayInspector:
         indexed = [(int(index), Item(path, truth or None))
                    for index, path, truth in zip(batch["index"], batch["path"], batch["truth"])]
         prepared = prepare_all(self.inspector, [item for _, item in indexed])
-        return pd.DataFrame(inspect_rows(self.inspector, indexed, prepared, self.artefacts))
+        on_detection = self.artefacts.write if self.artefacts else None
+        return pd.DataFrame(inspect_rows(self.inspector, indexed, prepared, on_detection))
 
 
 def inspect_ray(bundle: str, todo: list[tuple[int, Item]], batch_size: int, maps: bool, overlays: bool, out: Path,

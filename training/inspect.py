@@ -78,7 +78,8 @@ def inspect_local(bundle: str, todo: list[tuple[int, Item]], batch_size: int, ar
     chunks = iter(batches(todo, batch_size))
 
     def work(chunk: list[tuple[int, Item]]) -> list[dict]:
-        return inspect_rows(inspector, chunk, prepare_all(inspector, [item for _, item in chunk]), artefacts)
+        prepared = prepare_all(inspector, [item for _, item in chunk])
+        return inspect_rows(inspector, chunk, prepared, artefacts.write if artefacts else None)
 
     threads, omp = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(1)
