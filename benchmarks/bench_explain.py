@@ -21,7 +21,8 @@ from xai.explainers import create_explainer
 from xai.inspector import Inspector
 
 BUDGET_MS = {"gradcam": 60, "gradcam_pp": 60, "saliency": 60, "attention_rollout": 60, "anomaly_map": 60,
-             "retrieval": 60, "smoothgrad": 1000, "integrated_gradients": 1200, "occlusion": 2000, "shap": 4000}
+             "retrieval": 60, "cam": 60, "smoothgrad": 1000, "integrated_gradients": 1200, "occlusion": 2000,
+             "shap": 4000, "score_cam": 4000, "shap_features": 4000}  # the last two: the slow methods' budget
 
 
 def references(inspector: Inspector, x: torch.Tensor) -> dict:

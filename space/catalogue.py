@@ -35,6 +35,8 @@ MAX_SLOW = 2  # ... of which slow ones
 DETECTION_COLUMNS = ["component", "image_auroc", "pixel_auroc", "aupro", "f1", "accuracy", "ms_per_image"]
 QUALITY_COLUMNS = ["method", *EXPLANATION_METRICS, "sanity_check"]
 LOG = logging.getLogger("defect_xai")
+LEARNED_CAPTION = "What the CNN head has learned"
+MAX_LEARNED_PIXELS = 4_000_000
 RANDOMISATION_LIMIT = 0.5  # a map that stays this similar when the weights are random does not explain the model
 
 
@@ -202,12 +204,31 @@ class Catalogue:
         detection = [[name, *(m.get(k) for k in DETECTION_COLUMNS[1:])]
                      for name, m in metrics.items() if isinstance(m, dict) and "image_auroc" in m]
         table = metrics.get("explanations", {})
-        quality = [[name, *(m.get(k) for k in QUALITY_COLUMNS[1:-1]), _sanity(m.get("randomization_similarity"))]
+        quality = [[name, *(m.get(k) for k in QUALITY_COLUMNS[1:-1]), _sanity(m)]
                    for name, m in table.get("methods", {}).items()]
         quality += [[f"{name} (control: a Sobel edge map, no model)", *(m.get(k) for k in QUALITY_COLUMNS[1:-1]),
                      "control: what a map that ignores the weights scores"]
                     for name, m in table.get("controls", {}).items()]
         return detection, quality
+
+    def learned(self, category: str | None) -> tuple[Image.Image, str] | None:
+        """The picture of what the category's CNN head has learned (stored at training) and its caption; None
+        when it has none."""
+        try:
+            inspector = self.get(category)
+        except UserError:
+            return None
+        facts = _learned_facts(inspector)
+        path = inspector.bundle.inside(str(facts.get("file", ""))) if facts else None
+        if path is None or not path.is_file():
+            return None
+        with Image.open(path, formats=["PNG"]) as stored:  # bundle data: PNG only, and of a sane size
+            if stored.width * stored.height > MAX_LEARNED_PIXELS:
+                return None
+            picture = stored.convert("RGB")
+        return picture, (f"{LEARNED_CAPTION}: a picture optimised to raise '{facts.get('class')}' "
+                         f"(p = {facts.get('probability')}) and the training-picture patches it responds to most "
+                         f"(computed once at training, {facts.get('seconds')} s)")
 
     def public_failures(self) -> dict[str, str]:
         """The sources that failed, each with its reason, as the public may see them: no server paths (the full
@@ -223,7 +244,9 @@ class Catalogue:
             "categories": {name: {"source": public_source(ins.bundle.source), "components": ins.bundle.components(),
                                   "labels": ins.labels, "methods": ins.methods(),
                                   "data": ins.bundle.meta.get("data", {}),
-                                  "metrics": ins.bundle.meta.get("metrics", {})}
+                                  "metrics": ins.bundle.meta.get("metrics", {}),
+                                  "feature_visualisation": ({"caption": LEARNED_CAPTION, **_learned_facts(ins)}
+                                                            if _learned_facts(ins) else None)}
                            for name, ins in self.inspectors.items()},
             "failed": self.public_failures(),
             "shared_categories": self.made.shared(),
@@ -232,12 +255,24 @@ class Catalogue:
         }
 
 
+def _learned_facts(inspector: Inspector) -> dict:
+    facts = inspector.bundle.meta.get("components", {}).get("classifier_cnn", {}).get("feature_visualisation")
+    return facts if isinstance(facts, dict) else {}
+
+
 def public_source(source: str) -> str:
     """A source as the public may see it: a Hub id as it is, a local folder by its name only."""
     return redact(source) if source.startswith("/") else source
 
 
-def _sanity(similarity: float | None) -> str:
+def _sanity(row: dict) -> str:
+    """The table's last column: the randomisation check, or for a model of the score its fidelity."""
+    if isinstance(row.get("fidelity"), dict):
+        here, fitted = row["fidelity"], row.get("calibration_fidelity") or {}
+        return (f"explains a model of the score: R² {here.get('r2')}, same verdict {here.get('verdict_agreement')} "
+                f"here; R² {fitted.get('r2')}, same verdict {fitted.get('verdict_agreement')} on unseen calibration "
+                "pictures")
+    similarity = row.get("randomization_similarity")
     if similarity is None:
         return "undefined (a map was constant)"
     return "passes" if similarity <= RANDOMISATION_LIMIT else "FAILS: map barely depends on the weights"

@@ -94,10 +94,15 @@ class Handlers:
         slow = slow_methods()
         return [m for m in self.methods_for(category) if m not in slow][:QUICK_METHODS]
 
-    def card(self, category: str | None) -> tuple[gr.Dataframe, gr.Dataframe]:
+    def card(self, category: str | None) -> tuple[gr.Dataframe, gr.Dataframe, gr.Image]:
+        """The report card's tables and the picture of what the CNN head has learned."""
         detection, quality = self.catalogue.report_card(category) if self.catalogue.categories else ([], [])
+        learned = self.catalogue.learned(category) if self.catalogue.categories else None
+        picture = gr.Image(value=self.outputs.save(learned[0], "png"), label=learned[1], visible=True) \
+            if learned else gr.Image(value=None, label="What the CNN head has learned (it has none yet)",
+                                     visible=False)
         return (gr.Dataframe(value=detection, headers=DETECTION_COLUMNS),
-                gr.Dataframe(value=quality, headers=QUALITY_COLUMNS))
+                gr.Dataframe(value=quality, headers=QUALITY_COLUMNS), picture)
 
     def method_choices(self, category: str | None) -> gr.CheckboxGroup:
         return gr.CheckboxGroup(choices=self.methods_for(category), value=self.quick(category))

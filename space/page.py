@@ -66,12 +66,11 @@ def build_page(handlers: Handlers, catalogue: Catalogue, settings: Settings, doo
         with gr.Tabs():
             with gr.Tab("One picture"):
                 category, image, own = _inspect_section(handlers, catalogue, wire)
-                methods, detection_table, quality_table = _explain_section(handlers, catalogue, wire, category,
-                                                                           image)
-                _part_section(handlers, settings, wire, category, own, methods, detection_table, quality_table)
+                methods, card = _explain_section(handlers, catalogue, wire, category, image)
+                _part_section(handlers, settings, wire, category, own, methods, card)
             with gr.Tab("Batch"):
                 _batch_section(handlers, settings, wire, category)
-        wire(category.change, handlers.choose_category, category, [methods, detection_table, quality_table])
+        wire(category.change, handlers.choose_category, category, [methods, *card])
         if build_text is not None:  # until the category is built: refresh its status and the category list
             timer = gr.Timer(3.0)
             wire(timer.tick, handlers.build_tick, [category, own], [build_text, category, timer])
@@ -124,14 +123,13 @@ def _explain_section(handlers: Handlers, catalogue: Catalogue, wire: Wiring, cat
         gr.Markdown("Detection on the test split, and how far each explanation can be trusted on the test "
                     "defects (pointing game and heatmap AUROC: higher is better; randomisation similarity: "
                     "lower is better, the map must change when the model's weights are randomised).")
-        detection_table, quality_table = handlers.card(first)
+        card = list(handlers.card(first))  # detection table, explanation table, what the CNN head has learned
     wire(explain_btn.click, handlers.page_explain, [image, category, methods],
          [panels, explained, supporting, explanation])
-    return methods, detection_table, quality_table
+    return methods, card
 
 
-def _part_section(handlers: Handlers, settings: Settings, wire: Wiring, category, own, methods,
-                  detection_table, quality_table) -> None:
+def _part_section(handlers: Handlers, settings: Settings, wire: Wiring, category, own, methods, card: list) -> None:
     caps = settings.categories
     with gr.Accordion("Add your part: a new category from a few good pictures", open=False):
         gr.Markdown(f"Give your part a name and 1-{caps.max_pictures} pictures of *good* parts (files, or one zip). "
@@ -170,7 +168,7 @@ def _part_section(handlers: Handlers, settings: Settings, wire: Wiring, category
     # one heavy job at a time in all (fits and trainings share a class, whose queue position the page shows)
     wire(fit_btn.click, handlers.page_fit, [part_files, part_name, part_defects, own],
          [part_card, part_json, own, category])
-    wire(train_btn.click, handlers.page_train, category, [train_text, methods, detection_table, quality_table])
+    wire(train_btn.click, handlers.page_train, category, [train_text, methods, *card])
     wire(cancel_btn.click, handlers.page_cancel, category, train_text)
     wire(download_btn.click, handlers.page_download, category, bundle_file)
     wire(publish_btn.click, handlers.page_publish, [category, publish_repo], publish_text)

@@ -15,7 +15,8 @@ def evidence(exp, picture: Image.Image, bundle_dir=None) -> list[tuple[Image.Ima
     extras = exp.extras
     out: list[tuple[Image.Image, str]] = []
     if "plot_png" in extras:
-        out.append((Image.open(io.BytesIO(extras["plot_png"])).convert("RGB"), "SHAP values (shap.image_plot)"))
+        out.append((Image.open(io.BytesIO(extras["plot_png"])).convert("RGB"),
+                    extras.get("plot_caption", "SHAP values (shap.image_plot)")))
     if "anomalous_patch" in extras:
         patch = extras["anomalous_patch"]
         out.append((_boxed(picture, patch["box"], extras["input_shape"]),

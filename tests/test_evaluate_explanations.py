@@ -63,3 +63,20 @@ def test_unsupported_method_is_one_clear_error(texture_bundle, texture_data, tmp
     assert run(evaluate_explanations.main, ["--data", str(texture_data), "--bundle", str(texture_bundle),
                                             "--json", str(tmp_path / "x.json"), "--methods", "gradcam"]) == 2
     assert "cannot run gradcam" in capsys.readouterr().err
+
+
+def test_a_model_of_the_score_is_scored_by_its_fidelity(texture_bundle, texture_data, tmp_path):
+    """shap_features has no map to score: its row is its fidelity on these pictures beside the fitted one, and the
+    report card's last column says so."""
+    out = tmp_path / "x.json"
+    assert run(evaluate_explanations.main, ["--data", str(texture_data), "--bundle", str(texture_bundle), "--json",
+                                            str(out), "--methods", "anomaly_map,shap_features", "--limit", "3",
+                                            "--no-store"]) == 0
+    row = json.loads(out.read_text())["methods"]["shap_features"]
+    assert row["fidelity"]["n"] == 3 and 0 <= row["fidelity"]["verdict_agreement"] <= 1
+    fitted = json.loads((texture_bundle / "bundle.json").read_text())["components"]["patchcore"]["score_model"]
+    assert row["calibration_fidelity"] == fitted["fidelity"]
+    assert row["pointing_game"] is None and row["randomization_similarity"] is None and row["ms"] > 0
+    from space.catalogue import _sanity
+
+    assert _sanity(row).startswith("explains a model of the score: R²")

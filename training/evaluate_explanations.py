@@ -11,7 +11,9 @@ model-randomisation check (Spearman correlation with the same method on heads re
 architectures initialise them and a noise memory bank; low is good; averaged over the images where both maps
 vary, null where none does, e.g. SHAP when the random head's probability saturates) and median ms. One control
 row, `controls.edge_control`, scores a Sobel edge map of the picture (no model at all) the same way, so each
-method's figures can be read against what "barely depends on the weights" earns.
+method's figures can be read against what "barely depends on the weights" earns. A method that explains a small
+model of the score (`shap_features`) has no map to score: its row gives the model's fidelity on these pictures
+(R² against the detector's score, same verdict) beside the one measured at fit time, and its ms.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from training.card import write_card
 from training.cli import progress, run
 from training.data import LAYOUTS, DataError, Dataset, load_dataset
 from training.evaluate import apply_split, load_mask
+from training.score_model import fidelity
 from xai.bundle import read_meta, write_meta
 from xai.explainers import create_explainer
 from xai.explainers.integrated_gradients import baseline_for
@@ -116,6 +119,7 @@ def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str]
     randomised = {m: create_explainer(m, random_context) for m in methods}
     control_component = next((c for c in ("classifier_cnn", "classifier_vit") if c in inspector.heads), "patchcore")
     rows: dict[str, dict[str, list]] = {m: {} for m in [*methods, *([CONTROL] if control else [])]}
+    surrogates: dict[str, list[tuple[float, float]]] = {}  # per surrogate method: (its output, the true score)
     for case in progress(cases, "explanations"):
         prepared: dict[str, tuple] = {}  # per component: input, mask, image and deletion reference
         for method in rows:
@@ -130,6 +134,11 @@ def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str]
                 start = time.perf_counter()
                 heat = edge_control(x)
                 ms, random_heat = (time.perf_counter() - start) * 1000.0, edge_control(x)
+            elif explainers[method].surrogate:  # a model of the score: its fidelity, not a map, is what to check
+                exp = explainers[method].explain(x)
+                rows[method].setdefault("ms", []).append(exp.ms)
+                surrogates.setdefault(method, []).append((exp.extras["output"], exp.extras["score"]))
+                continue
             else:
                 exp = explainers[method].explain(x)
                 heat, ms, random_heat = exp.heatmap, exp.ms, randomised[method].explain(x).heatmap
@@ -147,6 +156,11 @@ def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str]
                     rows[method].setdefault(key, []).append(value)
     out = {method: {k: _summary(k, metrics.get(k, [])) for k in EXPLANATION_METRICS}
            for method, metrics in rows.items()}
+    for method, pairs in surrogates.items():
+        output, score = np.array(pairs).T
+        out[method]["fidelity"] = {**fidelity(output, score, inspector.thresholds["patchcore"]),
+                                   "data": "these pictures"}
+        out[method]["calibration_fidelity"] = context.score_model.fidelity
     result = {"n_images": len(cases), "methods": {m: out[m] for m in methods}}
     if control:
         result["controls"] = {CONTROL: out[CONTROL]}

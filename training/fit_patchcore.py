@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +31,12 @@ from training.card import write_card
 from training.cli import progress, relative_name, run, training_parser
 from training.data import DataError, Dataset, Sample, input_size_for, list_images, load_dataset
 from training.features import image_batches
+from training.score_model import fit_score_model
 from xai.backbone import TRUNKS, Trunk, create_trunk, normalise
-from xai.bundle import RETRIEVAL_DIR, save_patchcore, thumbnail_name
+from xai.bundle import RETRIEVAL_DIR, save_patchcore, save_tensors, thumbnail_name
 from xai.metrics import heatmap_auroc, pointing_game
 from xai.patchcore import PatchCore, PatchCoreConfig
+from xai.score_model import ScoreModel
 
 MIN_CALIBRATION = 3
 CROSS_FIT_BELOW = 30  # fewer good pictures than this: each is held out once (k-fold) and the bank keeps them all
@@ -172,6 +174,7 @@ class HeldOut:
     good: list[torch.Tensor]
     synthetic: list[tuple]  # (picture, mask, kind) as training.anomalies.synthesize makes them
     synthetic_distances: list[torch.Tensor]
+    good_pictures: list[np.ndarray] = field(default_factory=list)  # the pictures behind `good`
 
 
 def score_held_out(model: PatchCore, trunk: Trunk, embedded: Embedded, patches: np.ndarray,
@@ -205,6 +208,7 @@ def score_held_out(model: PatchCore, trunk: Trunk, embedded: Embedded, patches: 
                 pictures = [(copy, embedding(copy)) for copy in copies]
             for array, picture in progress(pictures, "calibration"):
                 held.good.append(scorer.nearest_distances(picture))
+                held.good_pictures.append(array)
                 for _ in range(per_image):
                     made = synthesize(array, rng)
                     held.synthetic.append(made)
@@ -233,6 +237,15 @@ def threshold_evidence(model: PatchCore, held: HeldOut, real_scores: list[float]
     evidence["synthetic"]["heatmap_auroc"] = round(float(np.mean(aurocs)), 4) if aurocs else None
     evidence["n_images"], evidence["n_synthetic"] = len(good_scores), len(synthetic_scores)
     return evidence
+
+
+def fit_score_explainer(model: PatchCore, held: HeldOut, threshold: float, seed: int) -> ScoreModel | None:
+    """The small model of the score that `shap_features` explains (training.score_model), fitted on every
+    calibration picture (good and synthetic) with its map and score; None with too few pictures."""
+    maps = [model.anomaly_map(model.scale_borders(d))[0].numpy() for d in [*held.good, *held.synthetic_distances]]
+    pictures = [*held.good_pictures, *(made[0] for made in held.synthetic)]
+    good = np.arange(len(pictures)) < len(held.good_pictures)
+    return fit_score_model(pictures, maps, [float(m.max()) for m in maps], good, threshold, seed)
 
 
 def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 16, category: str | None = None,
@@ -266,6 +279,8 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
     real_scores = score_arrays(model, trunk, model_arrays(model, defects, "defects"))[0] if defects else None
     evidence = threshold_evidence(model, held, real_scores, plan)
     lap("calibration_s")
+    score_model = fit_score_explainer(model, held, evidence["threshold"], config.seed)
+    lap("score_model_s")
     names = [relative_name(s.path, dataset.root) for s in good]
     threshold = evidence.pop("threshold")
     info = {
@@ -277,7 +292,10 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
         "bank_images": [names[i] for i in plan.bank],
         "border_scale": [round(float(f), 4) for f in model.border_scale],
         "fit": {**facts, **timings},
+        "score_model": score_model.to_meta() if score_model else None,
     }
+    if score_model is not None:
+        save_tensors(out, ScoreModel.WEIGHTS, score_model.to_tensors())
     save_patchcore(out, model, info)
     describe(out, dataset, config.trunk, config.input_size, category, ("patchcore", threshold))
     write_card(out)

@@ -28,6 +28,7 @@ from training.bundle_meta import describe
 from training.card import write_card
 from training.cli import progress, run, training_parser
 from training.data import DataError, Dataset, Sample, input_size_for, load_dataset, stratified_split
+from training.feature_visualisation import visualise_head
 from training.features import image_batches
 from xai.backbone import TRUNKS, create_imagenet_model, normalise
 from xai.bundle import save_head
@@ -235,6 +236,12 @@ def train(dataset: Dataset, out: Path, archs: list[str], cfg: TrainConfig, input
                                    else "P(defect) > 0.5 (validation data is synthetic)"),
                 "training": {**asdict(cfg), "augment": "dihedral" if augment else "none", **facts}}
         save_head(out, f"classifier_{arch}", head, info)
+        if arch == "cnn":  # what the head has learned: once, here, not per request
+            shown = visualise_head(out, "classifier_cnn", head, trunk, dataset.labels, normal_index,
+                                   dataset.train_good or dataset.train, input_size, cfg.seed)
+            facts["feature_visualisation_s"] = shown["seconds"]
+            log(f"cnn: feature visualisation p({shown['class']}) = {shown['probability']:.3f} in "
+                f"{shown['seconds']:.0f} s")
         results[arch] = facts
         log(f"{arch}: best validation score {facts['val_score']:.4f} at epoch {facts['best_epoch']} "
             f"({facts['seconds']:.0f} s); threshold {threshold:.3f}")

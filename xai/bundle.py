@@ -249,3 +249,17 @@ def load_head(bundle: Bundle, component: str):
     head = create_head(HeadConfig.from_dict(spec["config"]))
     head.load_state_dict(bundle.tensors(spec["weights"]), strict=True)
     return head.eval()
+
+
+def load_score_model(bundle: Bundle):
+    """The detector's score model (xai.score_model) when its fit made one, else None."""
+    from xai.score_model import ScoreModel
+
+    spec = bundle.meta.get("components", {}).get("patchcore", {}).get("score_model")
+    if not isinstance(spec, dict):
+        return None
+    try:
+        return ScoreModel.from_stored(bundle.tensors(spec["weights"]), spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"Bundle {bundle.source}: its score model cannot be read ({exc}); refit the detector."
+                          ) from None

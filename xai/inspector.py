@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from xai.backbone import Trunk, create_trunk, normalise, preprocess, resize_rgb
-from xai.bundle import RETRIEVAL_DIR, Bundle, BundleError, load, load_head, load_patchcore
+from xai.bundle import RETRIEVAL_DIR, Bundle, BundleError, load, load_head, load_patchcore, load_score_model
 from xai.fusion import fuse_conv_bn
 from xai.heads import HEAD_INPUT_STAGE
 from xai.io import ImageInputError, ImageSource, load_image
@@ -79,6 +79,7 @@ class Inspector:
                               f"{trunk.name} trunk it was given.")
         comps = bundle.components()
         self.patchcore = load_patchcore(bundle) if "patchcore" in comps else None
+        self.score_model = load_score_model(bundle) if self.patchcore is not None else None
         self.heads = {c: load_head(bundle, c) for c in comps if c.startswith("classifier_")}
         for head in self.heads.values():
             fuse_conv_bn(head)  # inference only: halves gradient explainers' cost
@@ -111,7 +112,8 @@ class Inspector:
                 names = self.bundle.meta["components"]["patchcore"].get("bank_images", [])
                 retrieval = RetrievalIndex(self.bundle.path / RETRIEVAL_DIR, names)
             self._context = ExplainContext(self.trunk, self.heads, self.patchcore, self.labels, self.normal_index,
-                                           self.input_size, tuple(self.mean), tuple(self.std), retrieval)
+                                           self.input_size, tuple(self.mean), tuple(self.std), retrieval,
+                                           self.score_model)
         return self._context
 
     def methods(self) -> list[str]:
@@ -122,6 +124,8 @@ class Inspector:
         ok = [name for name, cls in METHODS.items() if cls.component in have]
         if "retrieval" in ok and self.explain_context().retrieval is None:
             ok.remove("retrieval")
+        if "shap_features" in ok and self.score_model is None:
+            ok.remove("shap_features")
         return ok
 
     def explain(self, source: ImageSource, method: str, target: int | None = None, **params):

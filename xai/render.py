@@ -3,8 +3,31 @@ report and the command lines draw the same ones)."""
 
 from __future__ import annotations
 
+import io
+import threading
+from collections.abc import Callable
+
 import numpy as np
 from PIL import Image, ImageFilter
+
+# pyplot keeps one process-wide "current figure", and shap's plots draw on it: two requests drawing at once would
+# draw into each other's charts, so pyplot is used by one drawing at a time (the lock guards pyplot's own state)
+_PYPLOT = threading.Lock()
+
+
+def pyplot_png(draw: Callable[[], None], dpi: int = 80) -> bytes:
+    """PNG bytes of what `draw` puts on a fresh pyplot figure (shap's plots draw only there)."""
+    import matplotlib.pyplot as plt
+
+    with _PYPLOT:
+        plt.figure()
+        try:
+            draw()
+            buf = io.BytesIO()
+            plt.gcf().savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        finally:
+            plt.close("all")
+    return buf.getvalue()
 
 
 def colourise(heatmap: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:

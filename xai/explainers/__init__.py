@@ -13,12 +13,14 @@ from xai.explainers.occlusion import Occlusion
 from xai.explainers.retrieval import Retrieval
 from xai.explainers.saliency import Saliency
 from xai.explainers.score_cam import ScoreCAM
+from xai.explainers.shap_features import SHAPFeatures
 from xai.explainers.shap_values import SHAP
 from xai.explainers.smoothgrad import SmoothGrad
 
 METHODS: dict[str, type[Explainer]] = {cls.name: cls for cls in (
     AnomalyMap,
     Retrieval,
+    SHAPFeatures,
     GradCAM,
     GradCAMPlusPlus,
     CAM,

@@ -64,6 +64,7 @@ class ExplainContext:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     retrieval: Any = None  # xai.explainers.retrieval.RetrievalIndex when the bundle has thumbnails
+    score_model: Any = None  # xai.score_model.ScoreModel when the detector's fit made one
 
     def classifier(self, component: str, private: bool = False) -> Classifier:
         """Trunk + head; `private` gives the call its own copy of the head, for methods that hook its modules:
@@ -113,6 +114,7 @@ class Explainer:
     slow: ClassVar[bool] = False  # seconds of model runs: the page warns, the door and the caps count it
     report_card: ClassVar[bool] = False  # measured on every category's report card (the fast methods)
     hooks: ClassVar[bool] = False  # whether the method hooks the head's modules (it then gets its own copy)
+    surrogate: ClassVar[bool] = False  # explains a small model of the score: the card shows its fidelity instead
 
     def __init__(self, context: ExplainContext, **params: Any):
         unknown = set(params) - set(self.defaults) - {"component"}

@@ -7,12 +7,11 @@ shap's `image_plot`.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 
 from xai.explainers.base import Explainer
+from xai.render import pyplot_png
 
 
 class SHAP(Explainer):
@@ -53,10 +52,4 @@ class SHAP(Explainer):
     @staticmethod
     def _plot(shap, values, image: np.ndarray) -> bytes:
         """shap.image_plot of this explanation, as PNG bytes."""
-        import matplotlib.pyplot as plt
-
-        shap.image_plot([values.values[0, ..., 0][None]], image[None] / 255.0, show=False)
-        buf = io.BytesIO()
-        plt.gcf().savefig(buf, format="png", dpi=80, bbox_inches="tight")
-        plt.close("all")
-        return buf.getvalue()
+        return pyplot_png(lambda: shap.image_plot([values.values[0, ..., 0][None]], image[None] / 255.0, show=False))

@@ -1,0 +1,77 @@
+"""Why the score is this number: exact SHAP values (shap's tree explainer) of readable properties of the picture
+and its anomaly map, for the small model of the score the detector's fit made (xai.score_model), drawn as shap's
+own waterfall. The values explain that model; its fidelity (measured on pictures it was not fitted on) travels
+with every answer, and a chart of a model that does not follow the score says so in its title."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xai.explainers.base import Explainer
+from xai.render import pyplot_png
+from xai.score_model import PROPERTIES
+
+
+class SHAPFeatures(Explainer):
+    name = "shap_features"
+    component = "patchcore"
+    caption = ("Why the score is this number: what each readable property of the picture and its map adds to a "
+               "small model of the score (SHAP waterfall; the model's fidelity beside it).")
+    report_card = True
+    surrogate = True
+    defaults = {"plot": True}
+
+    def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:
+        ctx = self.context
+        model = ctx.score_model
+        if ctx.patchcore is None or model is None:
+            raise ValueError("this bundle's detector has no score model; refit it with training.fit_patchcore")
+        with torch.no_grad():
+            maps, scores = ctx.patchcore(ctx.trunk, inputs)
+        mean, std = torch.tensor(ctx.mean).view(1, 3, 1, 1), torch.tensor(ctx.std).view(1, 3, 1, 1)
+        pictures = ((inputs * std + mean) * 255.0).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+        features = np.stack([model.properties(p, m.numpy()) for p, m in zip(pictures, maps)])
+        base, values = model.explain(features)
+        outputs = model.predict(features)
+        extras = []
+        for row, shap_row, output, score in zip(features, values, outputs, scores.tolist()):
+            extra = {"features": {k: round(float(v), 4) for k, v in zip(PROPERTIES, row)},
+                     "values": {k: float(v) for k, v in zip(PROPERTIES, shap_row)},
+                     "base_value": base, "output": float(output), "score": float(score),
+                     "threshold": model.threshold, "fidelity": model.fidelity, "faithful": model.faithful}
+            if not model.faithful:
+                extra["warning"] = self.warning(model.fidelity)
+            if self.params["plot"]:
+                extra["plot_png"] = self._plot(base, shap_row, row, model, float(score))
+                extra["plot_caption"] = "SHAP waterfall of the score's readable properties (shap.plots.waterfall)"
+            extras.append(extra)
+        return {"heatmap": maps, "extras": extras}
+
+    @staticmethod
+    def warning(fidelity: dict) -> str:
+        agreement = fidelity.get("verdict_agreement", 0)
+        return (f"Low fidelity: the small model follows the detector's score only loosely on pictures it was not "
+                f"fitted on (R² {fidelity.get('r2', 0):.2f}, same verdict on {agreement:.0%}); these values "
+                "explain that model, not the detector.")
+
+    @staticmethod
+    def _plot(base: float, values: np.ndarray, features: np.ndarray, model, score: float) -> bytes:
+        """shap's waterfall of one answer, titled with the true score and the model's fidelity, as PNG bytes."""
+        import shap
+
+        fidelity = model.fidelity
+        title = (f"detector score {score:.3g} (threshold {model.threshold:.3g}); small model f(x) = "
+                 f"{base + values.sum():.3g}\nfidelity on unseen pictures: R² {fidelity.get('r2', 0):.2f}, "
+                 f"same verdict {fidelity.get('verdict_agreement', 0):.0%}")
+        if not model.faithful:
+            title = "LOW FIDELITY: read as a rough guide only\n" + title
+
+        def draw() -> None:
+            import matplotlib.pyplot as plt
+
+            shap.plots.waterfall(shap.Explanation(values=values, base_values=base, data=np.round(features, 2),
+                                                  feature_names=list(PROPERTIES.values())),
+                                 max_display=len(PROPERTIES), show=False)
+            plt.gcf().suptitle(title, fontsize=9, y=1.06, color="black" if model.faithful else "darkred")
+        return pyplot_png(draw)
