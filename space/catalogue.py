@@ -222,10 +222,14 @@ class Catalogue:
         path = inspector.bundle.inside(str(facts.get("file", ""))) if facts else None
         if path is None or not path.is_file():
             return None
-        with Image.open(path, formats=["PNG"]) as stored:  # bundle data: PNG only, and of a sane size
-            if stored.width * stored.height > MAX_LEARNED_PIXELS:
-                return None
-            picture = stored.convert("RGB")
+        try:
+            with Image.open(path, formats=["PNG"]) as stored:  # bundle data: PNG only, and of a sane size
+                if stored.width * stored.height > MAX_LEARNED_PIXELS:
+                    return None
+                picture = stored.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError):  # unreadable: the card goes on without it
+            LOG.warning("the feature visualisation of %s cannot be read", inspector.bundle.category)
+            return None
         return picture, (f"{LEARNED_CAPTION}: a picture optimised to raise '{facts.get('class')}' "
                          f"(p = {facts.get('probability')}) and the training-picture patches it responds to most "
                          f"(computed once at training, {facts.get('seconds')} s)")

@@ -63,3 +63,26 @@ def test_a_trained_cnn_head_stores_what_it_has_learned(classifier_bundle):
     assert shown.size[0] > size and "blob" in caption
     info = catalogue.info()["categories"][name]["feature_visualisation"]
     assert info["probability"] == facts["probability"] and info["caption"]
+
+
+def test_an_unreadable_feature_visualisation_leaves_the_report_card_standing(classifier_bundle, tmp_path):
+    """A bundle is data from elsewhere: a truncated or renamed picture is skipped, not a broken category."""
+    import shutil
+
+    from space.catalogue import Catalogue
+    from training.feature_visualisation import file_name
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(classifier_bundle, bundle)
+    target = bundle / file_name("classifier_cnn")
+    target.write_bytes(target.read_bytes()[:200])  # truncated
+    catalogue = Catalogue()
+    name = catalogue.add_source(str(bundle))
+    assert catalogue.learned(name) is None
+    target.write_bytes(b"GIF89a" + b"\0" * 100)  # not a PNG
+    assert catalogue.learned(name) is None
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["components"]["classifier_cnn"]["feature_visualisation"]["file"] = "../../../etc/passwd"
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    other = Catalogue()
+    assert other.learned(other.add_source(str(bundle))) is None  # a name outside the bundle is not read

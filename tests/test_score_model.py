@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from training.score_model import MIN_PICTURES, _regressor, fidelity, fit_score_model
 from xai.score_model import PROPERTIES, Reference, ScoreModel, properties
@@ -29,13 +30,13 @@ def calibration_set(rng: np.random.Generator, n: int = 60):
         maps.append(blob_map((48, 64), centres, float(rng.uniform(0.5, 2.0))) + rng.uniform(0, 0.05))
         pictures.append(picture)
         good.append(is_good)
-    return pictures, maps, [float(m.max()) for m in maps], np.array(good)
+    return pictures, maps, [float(m.max()) for m in maps], np.array(good), np.arange(n) // 3
 
 
 @pytest.fixture(scope="module")
 def fitted() -> tuple[ScoreModel, list, list]:
-    pictures, maps, scores, good = calibration_set(np.random.default_rng(0))
-    model = fit_score_model(pictures, maps, scores, good, threshold=0.6, seed=0)
+    pictures, maps, scores, good, groups = calibration_set(np.random.default_rng(0))
+    model = fit_score_model(pictures, maps, scores, good, groups, threshold=0.6, seed=0)
     assert model is not None
     return model, pictures, maps
 
@@ -86,26 +87,89 @@ def test_fidelity_is_measured_on_pictures_the_model_did_not_see(fitted):
     assert model.fidelity["n"] == 60
     assert model.fidelity["r2"] > 0.7 and model.fidelity["verdict_agreement"] > 0.9 and model.faithful
     # a target the properties cannot predict: noise scores give a low held-out R² and the model says so
-    pictures, maps, scores, good = calibration_set(np.random.default_rng(1))
+    pictures, maps, scores, good, groups = calibration_set(np.random.default_rng(1))
     noise = np.random.default_rng(2).uniform(0.1, 2.0, len(scores))
-    blind = fit_score_model(pictures, maps, list(noise), good, threshold=0.6, seed=0)
+    blind = fit_score_model(pictures, maps, list(noise), good, groups, threshold=0.6, seed=0)
     assert blind.fidelity["r2"] < 0.3 and not blind.faithful
-    assert fidelity(np.array([1.0, 2.0]), np.array([1.0, 2.0]), 1.5) == {"r2": 1.0, "verdict_agreement": 1.0, "n": 2}
-    assert fit_score_model(pictures[:MIN_PICTURES - 1], maps, scores, good, 0.6) is None
+    assert fidelity(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0]), 1.5) == {
+        "r2": 1.0, "verdict_agreement": 1.0, "n": 3}
+    assert fidelity(np.array([1.0, 2.0]), np.array([1.0, 2.0]), 1.5)["r2"] is None  # too few to say
+    assert fidelity(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]), 1.5)["r2"] is None  # no spread
+    assert fit_score_model(pictures[:MIN_PICTURES - 1], maps, scores, good, groups, 0.6) is None
+    assert fit_score_model(pictures, maps, scores, good, np.zeros(len(pictures)), 0.6) is None  # one source
+
+
+def test_fidelity_folds_keep_a_picture_and_its_anomalies_together():
+    """Anomalies that copy their source picture's look would let a picture-wise split peek at the answer: with
+    each source's score carried by its look alone, grouped folds see no such leak (R² near or below 0) where a
+    picture-wise split would score the leak."""
+    rng = np.random.default_rng(3)
+    pictures, maps, scores, good, groups = [], [], [], [], []
+    for source in range(20):
+        level = int(rng.integers(40, 200))  # each source picture's brightness ...
+        score = float(rng.uniform(0.2, 2.0))  # ... and a score that only its group shares
+        for copy in range(3):
+            pictures.append(np.full((32, 32, 3), level, np.uint8))
+            maps.append(np.full((32, 32), 0.1))
+            scores.append(score)
+            good.append(copy == 0)
+            groups.append(source)
+    model = fit_score_model(pictures, maps, scores, np.array(good), np.array(groups), threshold=5.0, seed=0)
+    assert model.fidelity["r2"] < 0.3, model.fidelity
 
 
 def test_storage_round_trips_and_refuses_malformed_trees(fitted):
     model, pictures, maps = fitted
     features = np.stack([model.properties(p, m) for p, m in zip(pictures[:5], maps[:5])])
-    stored = model.to_tensors()
-    again = ScoreModel.from_stored(stored, model.to_meta())
+    stored, meta = model.to_tensors(), model.to_meta()
+    again = ScoreModel.from_stored(stored, meta)
     np.testing.assert_array_equal(again.predict(features), model.predict(features))
-    cycle = {k: v.clone() for k, v in stored.items()}
-    cycle["children_left"][0, 1] = 0  # a child pointing back at the root: a loop for shap's C code
-    with pytest.raises(ValueError, match="malformed"):
-        ScoreModel.from_stored(cycle, model.to_meta())
-    with pytest.raises(ValueError, match="other properties"):
-        ScoreModel.from_stored(stored, {**model.to_meta(), "properties": ["area_above_threshold"]})
+    assert again.fidelity == {k: model.fidelity[k] for k in ("r2", "verdict_agreement", "n")} | {
+        "data": model.fidelity["data"]}
+
+    def broken(change) -> dict:
+        copy = {k: v.clone() for k, v in stored.items()}
+        change(copy)
+        return copy
+
+    def both_next(t):  # every inner node sends both children to the next node: 2^depth visits in shap's C code
+        n = int(t["n_nodes"][0])
+        t["children_left"][0, :n - 1] = torch.arange(1, n)
+        t["children_right"][0, :n - 1] = torch.arange(1, n)
+    attacks = {
+        "a child pointing back at the root": lambda t: t["children_left"].__setitem__((0, 1), 0),
+        "children shared by two parents": both_next,
+        "float children": lambda t: t.__setitem__("children_left", t["children_left"].double() + 0.5),
+        "no nodes": lambda t: t["n_nodes"].__setitem__(0, 0),
+        "more nodes than stored": lambda t: t["n_nodes"].__setitem__(0, 10_000),
+        "values shorter than the children": lambda t: t.__setitem__("values", t["values"][:, :2]),
+        "a feature that does not exist": lambda t: t["features"].__setitem__((0, 0), len(PROPERTIES)),
+        "a NaN threshold": lambda t: t["thresholds"].__setitem__((0, 0), float("nan")),
+        "zero sample weight": lambda t: t["node_sample_weight"].__setitem__((0, 0), 0.0),
+        "a missing array": lambda t: t.pop("values"),
+    }
+    for name, attack in attacks.items():
+        with pytest.raises(ValueError):
+            ScoreModel.from_stored(broken(attack), meta)
+            pytest.fail(name)
+    deep = {k: v[:1].clone() for k, v in stored.items()}  # one chain far deeper than any fit makes
+    n = 200
+    deep["n_nodes"] = torch.tensor([n])
+    left = torch.full((1, n), -1, dtype=torch.int32)
+    right = torch.full((1, n), -1, dtype=torch.int32)
+    for i in range(0, n - 2, 2):  # a leaf on the left, the chain going on to the right
+        left[0, i], right[0, i] = i + 1, i + 2
+    deep.update(children_left=left, children_right=right, features=torch.zeros((1, n), dtype=torch.int32),
+                thresholds=torch.zeros((1, n), dtype=torch.float64), values=torch.zeros((1, n), dtype=torch.float64),
+                node_sample_weight=torch.ones((1, n), dtype=torch.float64))
+    with pytest.raises(ValueError, match="too deep"):
+        ScoreModel.from_stored(deep, meta)
+    for bad_meta in ({**meta, "properties": ["area_above_threshold"]}, {**meta, "threshold": 0.0},
+                     {**meta, "reference": {**meta["reference"], "brightness_spread": -1.0}},
+                     {**meta, "reference": {**meta["reference"], "chromaticity": [0.3]}},
+                     {**meta, "base_offset": "nan"}, {**meta, "fidelity": {"r2": "high"}}):
+        with pytest.raises(ValueError):
+            ScoreModel.from_stored(stored, bad_meta)
 
 
 def test_shap_features_through_a_fitted_bundle(texture_bundle, texture_data):
@@ -129,5 +193,5 @@ def test_shap_features_through_a_fitted_bundle(texture_bundle, texture_data):
     assert x["base_value"] + sum(x["values"].values()) == pytest.approx(x["output"], abs=1e-6)
     assert x["score"] == pytest.approx(float(inspector.detect(picture).scores["patchcore"]), rel=1e-4)
     assert Image.open(io.BytesIO(x["plot_png"])).size[0] > 300
-    assert ("warning" in x) == (not x["faithful"])
+    assert x["faithful"] == (x["fidelity"]["r2"] >= 0.7) and ("warning" in x) == (not x["faithful"])
     json.dumps(exp.to_json())

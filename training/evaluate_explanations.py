@@ -38,7 +38,7 @@ from training.data import LAYOUTS, DataError, Dataset, load_dataset
 from training.evaluate import apply_split, load_mask
 from training.score_model import fidelity
 from xai.bundle import read_meta, write_meta
-from xai.explainers import create_explainer
+from xai.explainers import METHODS, create_explainer
 from xai.explainers.integrated_gradients import baseline_for
 from xai.explainers.retrieval import nearest_good_image
 from xai.inspector import Inspector
@@ -115,7 +115,8 @@ def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str]
     context = inspector.explain_context()
     random_context = context.randomised(seed=0)
     score = scorer(inspector)
-    explainers = {m: create_explainer(m, context) for m in methods}
+    explainers = {m: create_explainer(m, context, **({"plot": False} if METHODS[m].surrogate else {}))
+                  for m in methods}
     randomised = {m: create_explainer(m, random_context) for m in methods}
     control_component = next((c for c in ("classifier_cnn", "classifier_vit") if c in inspector.heads), "patchcore")
     rows: dict[str, dict[str, list]] = {m: {} for m in [*methods, *([CONTROL] if control else [])]}

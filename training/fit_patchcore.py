@@ -175,6 +175,7 @@ class HeldOut:
     synthetic: list[tuple]  # (picture, mask, kind) as training.anomalies.synthesize makes them
     synthetic_distances: list[torch.Tensor]
     good_pictures: list[np.ndarray] = field(default_factory=list)  # the pictures behind `good`
+    synthetic_source: list[int] = field(default_factory=list)  # which of them each synthetic anomaly was made from
 
 
 def score_held_out(model: PatchCore, trunk: Trunk, embedded: Embedded, patches: np.ndarray,
@@ -212,6 +213,7 @@ def score_held_out(model: PatchCore, trunk: Trunk, embedded: Embedded, patches: 
                 for _ in range(per_image):
                     made = synthesize(array, rng)
                     held.synthetic.append(made)
+                    held.synthetic_source.append(len(held.good_pictures) - 1)
                     held.synthetic_distances.append(scorer.nearest_distances(embedding(made[0])))
     return held
 
@@ -245,7 +247,8 @@ def fit_score_explainer(model: PatchCore, held: HeldOut, threshold: float, seed:
     maps = [model.anomaly_map(model.scale_borders(d))[0].numpy() for d in [*held.good, *held.synthetic_distances]]
     pictures = [*held.good_pictures, *(made[0] for made in held.synthetic)]
     good = np.arange(len(pictures)) < len(held.good_pictures)
-    return fit_score_model(pictures, maps, [float(m.max()) for m in maps], good, threshold, seed)
+    groups = np.r_[np.arange(len(held.good_pictures)), held.synthetic_source]
+    return fit_score_model(pictures, maps, [float(m.max()) for m in maps], good, groups, threshold, seed)
 
 
 def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 16, category: str | None = None,

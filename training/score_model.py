@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xai.score_model import PROPERTIES, Reference, ScoreModel, properties
+from xai.score_model import PROPERTIES, Reference, ScoreModel, Statistics, combine, map_properties
 
 MIN_PICTURES = 20  # fewer calibration pictures than this: no score model (its fidelity could not be measured)
 FOLDS = 5
@@ -24,37 +24,51 @@ def _regressor(seed: int):
 
 
 def fidelity(predicted: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    """R² of `predicted` against the true `scores`, and the share of pictures on which both give the same
-    verdict at `threshold`."""
+    """R² of `predicted` against the true `scores` (None with fewer than 3 or no spread), and the share of pictures
+    on which both give the same verdict at `threshold`."""
     predicted, scores = np.asarray(predicted, float), np.asarray(scores, float)
     spread = float(((scores - scores.mean()) ** 2).sum())
-    r2 = 1.0 - float(((scores - predicted) ** 2).sum()) / spread if spread > 0 else 0.0
-    agreement = float(((predicted > threshold) == (scores > threshold)).mean())
-    return {"r2": round(r2, 4), "verdict_agreement": round(agreement, 4), "n": int(len(scores))}
+    r2 = 1.0 - float(((scores - predicted) ** 2).sum()) / spread if spread > 0 and len(scores) >= 3 else None
+    agreement = float(((predicted > threshold) == (scores > threshold)).mean()) if len(scores) else None
+    return {"r2": None if r2 is None else round(r2, 4),
+            "verdict_agreement": None if agreement is None else round(agreement, 4), "n": int(len(scores))}
 
 
 def fit_score_model(pictures: list[np.ndarray], maps: list[np.ndarray], scores: list[float], good: np.ndarray,
-                    threshold: float, seed: int = 0) -> ScoreModel | None:
+                    groups: np.ndarray, threshold: float, seed: int = 0) -> ScoreModel | None:
     """The score model from `pictures` (uint8 [H, W, 3]), their anomaly `maps` and `scores`; `good` marks the good
-    ones (the reference the offsets are measured from). Good pictures and anomalies weigh equally in total, so the
-    chart's base value is the middle of the two, not whichever the calibration happened to make more of. None
-    with fewer than MIN_PICTURES pictures or no good one."""
-    from sklearn.model_selection import KFold, cross_val_predict
+    ones (the reference the offsets are measured from), `groups` the good picture each was made from. Good pictures
+    and anomalies weigh equally in total, so the chart's base value is the middle of the two, not whichever the
+    calibration made more of. The fidelity folds keep a picture and the anomalies made from it together, and each
+    fold's reference comes from its own training pictures, so "unseen" means unseen. None with fewer than
+    MIN_PICTURES pictures or fewer than two source pictures."""
+    from sklearn.model_selection import GroupKFold
 
-    good = np.asarray(good, bool)
-    if len(pictures) < MIN_PICTURES or not good.any():
+    good, groups = np.asarray(good, bool), np.asarray(groups)
+    sources = len(np.unique(groups))
+    if len(pictures) < MIN_PICTURES or not good.any() or sources < 2:
         return None
-    reference = Reference.of([p for p, g in zip(pictures, good) if g])
-    features = np.stack([properties(p, m, threshold, reference) for p, m in zip(pictures, maps)])
+    stats = [Statistics.of(p) for p in pictures]
+    of_maps = [map_properties(m, threshold) for m in maps]
     target = np.asarray(scores, np.float64)
     weight = np.where(good, 0.5 / good.sum(), 0.5 / max(1, (~good).sum())) * len(good)
-    held_out = cross_val_predict(_regressor(seed), features, target, params={"sample_weight": weight},
-                                 cv=KFold(FOLDS, shuffle=True, random_state=seed))
+
+    def features(reference: Reference) -> np.ndarray:
+        return np.stack([combine(s, m, reference) for s, m in zip(stats, of_maps)])
+
+    held_out = np.empty_like(target)
+    for train, test in GroupKFold(min(FOLDS, sources)).split(target, target, groups):
+        reference = Reference.of([stats[i] for i in train if good[i]])
+        regressor = _regressor(seed).fit(features(reference)[train], target[train], sample_weight=weight[train])
+        held_out[test] = regressor.predict(features(reference)[test])
     measured = {**fidelity(held_out, target, threshold),
-                "data": f"{FOLDS}-fold cross-validation on the calibration pictures (good and synthetic anomalies)"}
-    regressor = _regressor(seed).fit(features, target, sample_weight=weight)
+                "data": f"{min(FOLDS, sources)}-fold cross-validation on the calibration pictures (good ones and "
+                        "synthetic anomalies), each picture's anomalies in its fold"}
+    reference = Reference.of([s for s, g in zip(stats, good) if g])
+    everything = features(reference)
+    regressor = _regressor(seed).fit(everything, target, sample_weight=weight)
     trees = [tree_arrays(estimator[0].tree_, LEARNING_RATE) for estimator in regressor.estimators_]
-    base = float(np.asarray(regressor.init_.predict(features[:1])).ravel()[0])
+    base = float(np.asarray(regressor.init_.predict(everything[:1])).ravel()[0])
     return ScoreModel(trees, base, threshold, reference, measured)
 
 

@@ -20,7 +20,6 @@ from xai.explainers.smoothgrad import SmoothGrad
 METHODS: dict[str, type[Explainer]] = {cls.name: cls for cls in (
     AnomalyMap,
     Retrieval,
-    SHAPFeatures,
     GradCAM,
     GradCAMPlusPlus,
     CAM,
@@ -31,6 +30,7 @@ METHODS: dict[str, type[Explainer]] = {cls.name: cls for cls in (
     Occlusion,
     ScoreCAM,
     SHAP,
+    SHAPFeatures,
 )}
 GRADIENT_METHODS = ("gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients")
 

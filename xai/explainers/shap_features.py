@@ -17,7 +17,8 @@ class SHAPFeatures(Explainer):
     name = "shap_features"
     component = "patchcore"
     caption = ("Why the score is this number: what each readable property of the picture and its map adds to a "
-               "small model of the score (SHAP waterfall; the model's fidelity beside it).")
+               "small model of the score (SHAP waterfall under Evidence, with the model's fidelity; the panel shows "
+               "the anomaly map the properties were read from).")
     report_card = True
     surrogate = True
     defaults = {"plot": True}
@@ -39,7 +40,7 @@ class SHAPFeatures(Explainer):
             extra = {"features": {k: round(float(v), 4) for k, v in zip(PROPERTIES, row)},
                      "values": {k: float(v) for k, v in zip(PROPERTIES, shap_row)},
                      "base_value": base, "output": float(output), "score": float(score),
-                     "threshold": model.threshold, "fidelity": model.fidelity, "faithful": model.faithful}
+                     "threshold": model.threshold, "fidelity": dict(model.fidelity), "faithful": model.faithful}
             if not model.faithful:
                 extra["warning"] = self.warning(model.fidelity)
             if self.params["plot"]:
@@ -50,10 +51,8 @@ class SHAPFeatures(Explainer):
 
     @staticmethod
     def warning(fidelity: dict) -> str:
-        agreement = fidelity.get("verdict_agreement", 0)
         return (f"Low fidelity: the small model follows the detector's score only loosely on pictures it was not "
-                f"fitted on (R² {fidelity.get('r2', 0):.2f}, same verdict on {agreement:.0%}); these values "
-                "explain that model, not the detector.")
+                f"fitted on (R² {fidelity.get('r2') or 0:.2f}); these values explain that model, not the detector.")
 
     @staticmethod
     def _plot(base: float, values: np.ndarray, features: np.ndarray, model, score: float) -> bytes:
@@ -62,8 +61,8 @@ class SHAPFeatures(Explainer):
 
         fidelity = model.fidelity
         title = (f"detector score {score:.3g} (threshold {model.threshold:.3g}); small model f(x) = "
-                 f"{base + values.sum():.3g}\nfidelity on unseen pictures: R² {fidelity.get('r2', 0):.2f}, "
-                 f"same verdict {fidelity.get('verdict_agreement', 0):.0%}")
+                 f"{base + values.sum():.3g}\nfidelity on unseen pictures: R² {fidelity.get('r2') or 0:.2f}, "
+                 f"same verdict {fidelity.get('verdict_agreement') or 0:.0%}")
         if not model.faithful:
             title = "LOW FIDELITY: read as a rough guide only\n" + title
 
