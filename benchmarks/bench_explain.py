@@ -22,7 +22,7 @@ from xai.inspector import Inspector
 
 BUDGET_MS = {"gradcam": 60, "gradcam_pp": 60, "saliency": 60, "attention_rollout": 60, "anomaly_map": 60,
              "retrieval": 60, "cam": 60, "smoothgrad": 1000, "integrated_gradients": 1200, "occlusion": 2000,
-             "shap": 4000, "score_cam": 4000, "shap_features": 4000}  # the last two: the slow methods' budget
+             "shap": 4000, "score_cam": 4000, "shap_features": 1000}  # score_cam: the slow methods' budget
 
 
 def references(inspector: Inspector, x: torch.Tensor) -> dict:

@@ -96,6 +96,10 @@ def part_card_markdown(fitted: dict) -> str:
              f"| ... anomaly map vs mask (heatmap AUROC) | {synthetic.get('heatmap_auroc') or '—'} |"]
     if real:
         lines.append(f"| your defective pictures detected ({real.get('n')}) | {pct(real.get('detection_rate'))} |")
+    scored = card.get("score_model_fidelity") or {}
+    lines.append("| the score's small model for `shap_features`: R² on pictures it was not fitted on | "
+                 + (f"{scored['r2']:.2f}" + (" (low: its chart says so)" if scored["r2"] < 0.7 else "")
+                    if scored.get("r2") is not None else "not fitted (too few pictures)") + " |")
     if card.get("warning"):
         lines += ["", f"**Caution:** {card['warning']}"]
     lines += ["", "Synthetic anomalies are easier than most real defects: treat their figures as an upper bound."]

@@ -74,6 +74,7 @@ def test_a_model_of_the_score_is_scored_by_its_fidelity(texture_bundle, texture_
                                             "--no-store"]) == 0
     row = json.loads(out.read_text())["methods"]["shap_features"]
     assert row["fidelity"]["n"] == 3 and 0 <= row["fidelity"]["verdict_agreement"] <= 1
+    assert 0 <= row["fidelity"]["follows"] <= 1 and row["fidelity"]["rmse"] >= 0
     fitted = json.loads((texture_bundle / "bundle.json").read_text())["components"]["patchcore"]["score_model"]
     assert row["calibration_fidelity"] == fitted["fidelity"]
     assert row["pointing_game"] is None and row["randomization_similarity"] is None and row["ms"] > 0

@@ -86,13 +86,15 @@ def test_fidelity_is_measured_on_pictures_the_model_did_not_see(fitted):
     model, _, _ = fitted
     assert model.fidelity["n"] == 60
     assert model.fidelity["r2"] > 0.7 and model.fidelity["verdict_agreement"] > 0.9 and model.faithful
+    rmse = model.fidelity["rmse"]
+    assert 0 < rmse and model.follows(1.0 + 1.9 * rmse, 1.0) and not model.follows(1.0 + 2.1 * rmse, 1.0)
     # a target the properties cannot predict: noise scores give a low held-out R² and the model says so
     pictures, maps, scores, good, groups = calibration_set(np.random.default_rng(1))
     noise = np.random.default_rng(2).uniform(0.1, 2.0, len(scores))
     blind = fit_score_model(pictures, maps, list(noise), good, groups, threshold=0.6, seed=0)
     assert blind.fidelity["r2"] < 0.3 and not blind.faithful
     assert fidelity(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0]), 1.5) == {
-        "r2": 1.0, "verdict_agreement": 1.0, "n": 3}
+        "r2": 1.0, "rmse": 0.0, "verdict_agreement": 1.0, "n": 3}
     assert fidelity(np.array([1.0, 2.0]), np.array([1.0, 2.0]), 1.5)["r2"] is None  # too few to say
     assert fidelity(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]), 1.5)["r2"] is None  # no spread
     assert fit_score_model(pictures[:MIN_PICTURES - 1], maps, scores, good, groups, 0.6) is None
@@ -124,7 +126,7 @@ def test_storage_round_trips_and_refuses_malformed_trees(fitted):
     stored, meta = model.to_tensors(), model.to_meta()
     again = ScoreModel.from_stored(stored, meta)
     np.testing.assert_array_equal(again.predict(features), model.predict(features))
-    assert again.fidelity == {k: model.fidelity[k] for k in ("r2", "verdict_agreement", "n")} | {
+    assert again.fidelity == {k: model.fidelity[k] for k in ("r2", "rmse", "verdict_agreement", "n")} | {
         "data": model.fidelity["data"]}
 
     def broken(change) -> dict:
@@ -193,5 +195,7 @@ def test_shap_features_through_a_fitted_bundle(texture_bundle, texture_data):
     assert x["base_value"] + sum(x["values"].values()) == pytest.approx(x["output"], abs=1e-6)
     assert x["score"] == pytest.approx(float(inspector.detect(picture).scores["patchcore"]), rel=1e-4)
     assert Image.open(io.BytesIO(x["plot_png"])).size[0] > 300
-    assert x["faithful"] == (x["fidelity"]["r2"] >= 0.7) and ("warning" in x) == (not x["faithful"])
+    assert x["faithful"] == (x["fidelity"]["r2"] >= 0.7)
+    assert x["follows_this_picture"] == (abs(x["output"] - x["score"]) <= 2 * x["fidelity"]["rmse"])
+    assert ("warning" in x) == (not x["faithful"] or not x["follows_this_picture"])
     json.dumps(exp.to_json())

@@ -13,7 +13,8 @@ vary, null where none does, e.g. SHAP when the random head's probability saturat
 row, `controls.edge_control`, scores a Sobel edge map of the picture (no model at all) the same way, so each
 method's figures can be read against what "barely depends on the weights" earns. A method that explains a small
 model of the score (`shap_features`) has no map to score: its row gives the model's fidelity on these pictures
-(R² against the detector's score, same verdict) beside the one measured at fit time, and its ms.
+(R² against the detector's score, RMSE, same verdict, and the share it follows as closely as unseen calibration
+pictures) beside the one measured at fit time, and its ms.
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str]
             elif explainers[method].surrogate:  # a model of the score: its fidelity, not a map, is what to check
                 exp = explainers[method].explain(x)
                 rows[method].setdefault("ms", []).append(exp.ms)
-                surrogates.setdefault(method, []).append((exp.extras["output"], exp.extras["score"]))
+                surrogates.setdefault(method, []).append((exp.extras["output"], exp.extras["score"],
+                                                          exp.extras["follows_this_picture"]))
                 continue
             else:
                 exp = explainers[method].explain(x)
@@ -158,9 +160,9 @@ def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str]
     out = {method: {k: _summary(k, metrics.get(k, [])) for k in EXPLANATION_METRICS}
            for method, metrics in rows.items()}
     for method, pairs in surrogates.items():
-        output, score = np.array(pairs).T
+        output, score, follows = np.array(pairs, dtype=float).T
         out[method]["fidelity"] = {**fidelity(output, score, inspector.thresholds["patchcore"]),
-                                   "data": "these pictures"}
+                                   "follows": round(float(follows.mean()), 4), "data": "these pictures"}
         out[method]["calibration_fidelity"] = context.score_model.fidelity
     result = {"n_images": len(cases), "methods": {m: out[m] for m in methods}}
     if control:

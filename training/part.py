@@ -61,6 +61,8 @@ def report(meta: dict) -> dict:
         "real_defects": ({"n": cal.get("n_real_defects"), "detection_rate": cal["real"].get("detection_rate")}
                          if "real" in cal else None),
         "explanations": meta.get("metrics", {}).get("explanations"),
+        # shap_features explains a small model of the score: how closely it follows the score on unseen pictures
+        "score_model_fidelity": (patchcore.get("score_model") or {}).get("fidelity"),
     }
     if cal.get("method") == "copies":
         card["warning"] = ("Fitted on one picture: nothing could be held out, so the threshold comes from "

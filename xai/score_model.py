@@ -32,6 +32,10 @@ LOW_FREQUENCY_CYCLES = 4.0  # "large smooth shapes": under this many cycles acro
 # verdict is reported but decides nothing: "area above the threshold > 0" holds exactly when the score is above
 # the threshold, so one split recovers the verdict whatever the rest of the model does.
 FAITHFUL_R2 = 0.7
+# A picture whose score the model misses by more than this many of its unseen-picture RMSEs lies outside what it
+# learned (trees do not extrapolate: a real defect scoring above every synthetic anomaly is the common case); the
+# chart then says so for that picture.
+OUTSIDE_RMSE = 2.0
 
 
 def _luminance(picture: np.ndarray) -> np.ndarray:
@@ -144,6 +148,12 @@ class ScoreModel:
         """Whether the model followed the score closely on pictures it was not fitted on."""
         return (self.fidelity.get("r2") or 0.0) >= FAITHFUL_R2
 
+    def follows(self, output: float, score: float) -> bool:
+        """Whether the model's `output` for a picture is as close to its true `score` as on unseen calibration
+        pictures (within OUTSIDE_RMSE of their RMSE)."""
+        rmse = self.fidelity.get("rmse")
+        return rmse is not None and abs(output - score) <= OUTSIDE_RMSE * rmse
+
     def properties(self, picture: np.ndarray, amap: np.ndarray) -> np.ndarray:
         return properties(picture, amap, self.threshold, self.reference)
 
@@ -215,7 +225,7 @@ class ScoreModel:
                                   float(ref["edge_level"]))
             numbers = [float(meta["base_offset"]), float(meta["threshold"]), *asdict(reference).values()]
             fidelity = {k: None if v is None else int(v) if k == "n" else float(v)
-                        for k, v in meta.get("fidelity", {}).items() if k in ("r2", "verdict_agreement", "n")}
+                        for k, v in meta.get("fidelity", {}).items() if k in ("r2", "rmse", "verdict_agreement", "n")}
         except (KeyError, TypeError, IndexError, ValueError) as exc:
             raise ValueError(f"the score model's settings cannot be read ({exc})") from None
         flat = np.array([x for v in numbers for x in (v if isinstance(v, tuple) else (v,))])

@@ -5,8 +5,8 @@ the softmax over channels of the class logit of its masked picture; the map is r
 Gradient-free; one forward pass per channel, batched. Bounded: only the `channels` channels with the most activation
 for the picture are scored (the map is a sum of channels weighted by their activation, so the others add little:
 the share of the activation they hold is in the result's extras); `channels=0` scores all 1,280, as the reference
-does. On a generated part (2 cores): 128 channels 4.2 s, correlation with the full map 0.991; 256: 8.4 s, 0.997; all:
-29.8 s."""
+does. 112 channels keep it inside the slow methods' 4 s budget: on three bottle defects (2 cores) 3.4-3.7 s,
+correlation with the full map 0.984-0.993 (128: 3.9-4.0 s, 0.988-0.994; 96: 2.8-3.3 s, 0.981-0.993); all: ~30 s."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class ScoreCAM(Explainer):
     name = "score_cam"
     caption = "Gradient-free class map: how much each feature map, used as a mask, raises the defect score."
     slow = True
-    defaults = {"channels": 128, "batch_size": 64}
+    defaults = {"channels": 112, "batch_size": 64}
 
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:
         model = self.model

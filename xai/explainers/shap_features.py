@@ -41,21 +41,29 @@ class SHAPFeatures(Explainer):
                      "values": {k: float(v) for k, v in zip(PROPERTIES, shap_row)},
                      "base_value": base, "output": float(output), "score": float(score),
                      "threshold": model.threshold, "fidelity": dict(model.fidelity), "faithful": model.faithful}
-            if not model.faithful:
-                extra["warning"] = self.warning(model.fidelity)
+            follows = model.follows(float(output), float(score))
+            extra["follows_this_picture"] = follows
+            if not model.faithful or not follows:
+                extra["warning"] = self.warning(model, float(output), float(score))
             if self.params["plot"]:
-                extra["plot_png"] = self._plot(base, shap_row, row, model, float(score))
+                extra["plot_png"] = self._plot(base, shap_row, row, model, float(score), extra.get("warning"))
                 extra["plot_caption"] = "SHAP waterfall of the score's readable properties (shap.plots.waterfall)"
             extras.append(extra)
         return {"heatmap": maps, "extras": extras}
 
     @staticmethod
-    def warning(fidelity: dict) -> str:
-        return (f"Low fidelity: the small model follows the detector's score only loosely on pictures it was not "
-                f"fitted on (R² {fidelity.get('r2') or 0:.2f}); these values explain that model, not the detector.")
+    def warning(model, output: float, score: float) -> str:
+        if not model.faithful:
+            return (f"Low fidelity: the small model follows the detector's score only loosely on pictures it was not "
+                    f"fitted on (R² {model.fidelity.get('r2') or 0:.2f}); these values explain that model, not the "
+                    "detector.")
+        return (f"Outside what the small model learned: it gives {output:.3g} where the detector scores {score:.3g} "
+                f"(on unseen calibration pictures it missed by {model.fidelity.get('rmse') or 0:.2g} on average); "
+                "these values explain the model's output, not this score.")
 
     @staticmethod
-    def _plot(base: float, values: np.ndarray, features: np.ndarray, model, score: float) -> bytes:
+    def _plot(base: float, values: np.ndarray, features: np.ndarray, model, score: float, warning: str | None
+              ) -> bytes:
         """shap's waterfall of one answer, titled with the true score and the model's fidelity, as PNG bytes."""
         import shap
 
@@ -63,8 +71,9 @@ class SHAPFeatures(Explainer):
         title = (f"detector score {score:.3g} (threshold {model.threshold:.3g}); small model f(x) = "
                  f"{base + values.sum():.3g}\nfidelity on unseen pictures: R² {fidelity.get('r2') or 0:.2f}, "
                  f"same verdict {fidelity.get('verdict_agreement') or 0:.0%}")
-        if not model.faithful:
-            title = "LOW FIDELITY: read as a rough guide only\n" + title
+        if warning:
+            title = ("LOW FIDELITY" if not model.faithful else "OUTSIDE WHAT THE MODEL LEARNED") + \
+                ": read as a rough guide only\n" + title
 
         def draw() -> None:
             import matplotlib.pyplot as plt
@@ -72,5 +81,5 @@ class SHAPFeatures(Explainer):
             shap.plots.waterfall(shap.Explanation(values=values, base_values=base, data=np.round(features, 2),
                                                   feature_names=list(PROPERTIES.values())),
                                  max_display=len(PROPERTIES), show=False)
-            plt.gcf().suptitle(title, fontsize=9, y=1.06, color="black" if model.faithful else "darkred")
+            plt.gcf().suptitle(title, fontsize=9, y=1.06, color="darkred" if warning else "black")
         return pyplot_png(draw)
