@@ -5,6 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from xai.errors import redact
+from xai.score_model import FAITHFUL_R2
 
 
 def evidence(exp, picture: Image.Image, bundle_dir=None) -> list[tuple[Image.Image, str]]:
@@ -98,7 +99,7 @@ def part_card_markdown(fitted: dict) -> str:
         lines.append(f"| your defective pictures detected ({real.get('n')}) | {pct(real.get('detection_rate'))} |")
     scored = card.get("score_model_fidelity") or {}
     lines.append("| the score's small model for `shap_features`: R² on pictures it was not fitted on | "
-                 + (f"{scored['r2']:.2f}" + (" (low: its chart says so)" if scored["r2"] < 0.7 else "")
+                 + (f"{scored['r2']:.2f}" + (" (low: its chart says so)" if scored["r2"] < FAITHFUL_R2 else "")
                     if scored.get("r2") is not None else "not fitted (too few pictures)") + " |")
     if card.get("warning"):
         lines += ["", f"**Caution:** {card['warning']}"]
