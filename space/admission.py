@@ -359,7 +359,7 @@ class AdmissionMiddleware:
         except Refused as refusal:
             return await _answer(send, 422, [{"__type__": "validate", "is_valid": False,
                                               "message": str(refusal), "parameter_name": "request"}])
-        sent, status = False, [None]
+        sent, withdrawn = False, False
 
         async def replay():
             nonlocal sent
@@ -368,16 +368,27 @@ class AdmissionMiddleware:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
+        def withdraw() -> None:  # Gradio refused the join: the job never queued
+            nonlocal withdrawn
+            if event is not None and not withdrawn:
+                withdrawn = True
+                self.door.withdraw(caller, event, data)
+
+        started = False
+
         async def watch(message):
+            nonlocal started
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                started = True
+                if message["status"] != 200:
+                    withdraw()  # before the caller hears of it, so its next request already sees the place free
             await send(message)
 
         try:
             return await self.app(scope, replay, watch)
         finally:
-            if event is not None and status[0] != 200:  # Gradio refused the join: the job never queued
-                self.door.withdraw(caller, event, data)
+            if not started:  # no answer at all (the app failed): the job never queued either
+                withdraw()
 
     async def _upload(self, scope, receive, send, caller: str, declared: str):
         if not declared.isdigit():

@@ -33,7 +33,7 @@ def defect_image():
 def test_every_method_is_available_and_registered(inspector):
     assert set(inspector.methods()) == set(METHODS) == {
         "anomaly_map", "retrieval", "cam", "gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients",
-        "attention_rollout", "occlusion", "score_cam", "shap"}
+        "attention_rollout", "occlusion", "score_cam", "shap", "shap_features"}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -97,6 +97,9 @@ def test_training_reports_the_edge_control_and_stops_when_cancelled(pictures, tm
     table = card["explanations"]
     # every report-card method a part with a CNN head can run (attention rollout needs the transformer head)
     assert set(table["methods"]) == set(report_card_methods()) - {"attention_rollout"}
+    # the slow one on the card (Score-CAM) is measured on its first few cases only, and says so
+    assert table["methods"]["score_cam"]["n_images"] == 4 < table["n_images"]
+    assert "n_images" not in table["methods"]["cam"]
     control = table["controls"]["edge_control"]
     assert control["randomization_similarity"] == pytest.approx(1.0)  # it ignores the weights by construction
     assert all(m["randomization_similarity"] is None or m["randomization_similarity"] < 1.0

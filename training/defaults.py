@@ -68,7 +68,7 @@ def build_mvtec(data: str | Path, out: str | Path, epochs: int = 3, explain_limi
     (on a seeded sample of the test defects) and the evaluation."""
     from training.data import load_dataset
     from training.evaluate import evaluate_into
-    from training.evaluate_explanations import explain_into
+    from training.evaluate_explanations import SLOW_CARD_CASES, explain_into
     from training.fit_patchcore import fit
     from training.train_classifier import TrainConfig, train
     from xai.explainers import report_card_methods
@@ -82,7 +82,7 @@ def build_mvtec(data: str | Path, out: str | Path, epochs: int = 3, explain_limi
         ("training the classifiers", lambda: train(dataset, out, ["cnn", "vit"], TrainConfig(epochs=epochs),
                                                    input_size=config.input_size, log=log)),
         ("scoring the explanations", lambda: explain_into(out, dataset, report_card_methods(), explain_limit,
-                                                          out / "explanations.json")),
+                                                          out / "explanations.json", slow_cases=SLOW_CARD_CASES)),
         ("evaluating", lambda: evaluate_into(out, dataset, out / DONE)),
     ], on_step)
 

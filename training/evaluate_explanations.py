@@ -111,8 +111,13 @@ def edge_control(x: torch.Tensor) -> np.ndarray:
 CONTROL = "edge_control"
 
 
-def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str], control: bool = True) -> dict:
-    """The contract JSON for `methods` over `cases`, plus (`control`) the edge-detector control under "controls"."""
+SLOW_CARD_CASES = 4  # a report card measures its slow methods (Score-CAM: seconds a picture) on this many cases
+
+
+def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str], control: bool = True,
+                     slow_cases: int | None = None) -> dict:
+    """The contract JSON for `methods` over `cases`, plus (`control`) the edge-detector control under "controls";
+    with `slow_cases`, the slow methods are measured on the first that many cases only (their row says how many)."""
     context = inspector.explain_context()
     random_context = context.randomised(seed=0)
     score = scorer(inspector)
@@ -122,9 +127,11 @@ def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str]
     control_component = next((c for c in ("classifier_cnn", "classifier_vit") if c in inspector.heads), "patchcore")
     rows: dict[str, dict[str, list]] = {m: {} for m in [*methods, *([CONTROL] if control else [])]}
     surrogates: dict[str, list[tuple[float, float]]] = {}  # per surrogate method: (its output, the true score)
-    for case in progress(cases, "explanations"):
+    for index, case in enumerate(progress(cases, "explanations")):
         prepared: dict[str, tuple] = {}  # per component: input, mask, image and deletion reference
         for method in rows:
+            if slow_cases is not None and index >= slow_cases and method != CONTROL and METHODS[method].slow:
+                continue
             component = control_component if method == CONTROL else inspector.component_of(method)
             if component not in prepared:
                 x = inspector.model_input(case.picture, component)
@@ -164,6 +171,10 @@ def evaluate_methods(inspector: Inspector, cases: list[Case], methods: list[str]
         out[method]["fidelity"] = {**fidelity(output, score, inspector.thresholds["patchcore"]),
                                    "follows": round(float(follows.mean()), 4), "data": "these pictures"}
         out[method]["calibration_fidelity"] = context.score_model.fidelity
+    if slow_cases is not None:
+        for method in methods:
+            if METHODS[method].slow:
+                out[method]["n_images"] = min(slow_cases, len(cases))
     result = {"n_images": len(cases), "methods": {m: out[m] for m in methods}}
     if control:
         result["controls"] = {CONTROL: out[CONTROL]}
@@ -178,7 +189,7 @@ def _summary(key: str, values: list[float]) -> float | None:
 
 
 def explain_into(bundle: str | Path, dataset: Dataset, methods: list[str] | None = None, limit: int | None = None,
-                 json_path: Path | None = None, store: bool = True) -> dict:
+                 json_path: Path | None = None, store: bool = True, slow_cases: int | None = None) -> dict:
     """Score `methods` (default: every one the bundle supports) on at most `limit` of the test defects with masks;
     write the table to `json_path` and, for a bundle folder with `store`, into its bundle.json and card."""
     inspector = Inspector.from_source(str(bundle))
@@ -188,7 +199,7 @@ def explain_into(bundle: str | Path, dataset: Dataset, methods: list[str] | None
     if missing:
         raise DataError(f"this bundle cannot run {', '.join(missing)}; it supports {', '.join(supported)}.")
     dataset = apply_split(dataset, inspector.bundle.path)
-    result = evaluate_methods(inspector, masked_defects(dataset, limit), methods)
+    result = evaluate_methods(inspector, masked_defects(dataset, limit), methods, slow_cases=slow_cases)
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")

@@ -76,8 +76,8 @@ def training_estimate_s(features_s: float, epochs: int = TRAIN_EPOCHS) -> float:
     (`features_s`, the trunk pass over the same pictures): 8 views a picture plus 4 for validation through the
     trunk, then `epochs` passes of the head (measured: about as long as the features once more for 6 epochs),
     then the feature visualisation (192 steps of one picture: 14 s for bottle's head here; 20 s allowed) and the
-    explanation table."""
-    return round(features_s * 12 * (1 + epochs / 6) + 10 + 20 + 2 * EXPLAIN_CASES, 0)
+    explanation table (2 s a case, and Score-CAM's 2 x 3.5 s on each of its cases)."""
+    return round(features_s * 12 * (1 + epochs / 6) + 10 + 20 + 2 * EXPLAIN_CASES + 7 * 4, 0)
 
 
 def train_part(bundle: Path, pictures: list[Path], name: str, trunk, epochs: int = TRAIN_EPOCHS) -> dict:
@@ -116,14 +116,15 @@ def synthetic_cases(pictures: list[Path], n: int, seed: int = 0) -> list:
 def measure_explanations(bundle: Path, pictures: list[Path], trunk) -> dict:
     """The explanation-quality table (with the edge-detector control) on synthetic anomalies, stored in the bundle."""
     from training.card import write_card
-    from training.evaluate_explanations import evaluate_methods
+    from training.evaluate_explanations import SLOW_CARD_CASES, evaluate_methods
     from xai.bundle import load
     from xai.explainers import report_card_methods
     from xai.inspector import Inspector
 
     inspector = Inspector(load(bundle), trunk)
     methods = [m for m in report_card_methods() if m in inspector.methods()]  # the ones its components allow
-    table = evaluate_methods(inspector, synthetic_cases(pictures, EXPLAIN_CASES), methods)
+    table = evaluate_methods(inspector, synthetic_cases(pictures, EXPLAIN_CASES), methods,
+                             slow_cases=SLOW_CARD_CASES)
     table["data"] = "synthetic anomalies made from the category's own good pictures (exact masks)"
     meta = read_meta(bundle)
     meta.setdefault("metrics", {})["explanations"] = table

@@ -21,6 +21,7 @@ class ScoreCAM(Explainer):
     name = "score_cam"
     caption = "Gradient-free class map: how much each feature map, used as a mask, raises the defect score."
     slow = True
+    report_card = True  # measured on the first few cases of a card (training.evaluate_explanations)
     defaults = {"channels": 112, "batch_size": 64}
 
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:
