@@ -59,12 +59,9 @@ def run_engines(bundle: str, items: list[Item], repeats: int, batch_size: int, e
     todo = list(enumerate(items))
     runs: dict[str, list[float]] = {e: [] for e in engines}
     if "ray" in engines:
-        import ray
+        from training.batch_ray import inspect_ray, start_ray
 
-        from training.batch_ray import PACKAGES, inspect_ray
-
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"py_modules": [str(p) for p in PACKAGES]})
+        start_ray()
     inspector.detect(items[0].path)  # warm-up
     for _ in range(repeats):
         for engine in engines:

@@ -48,7 +48,8 @@ class BatchInspection:
         try:
             pictures = gather(files, scratch, limits.max_pictures, limits.max_bytes, "pictures to inspect",
                               "batch")
-            megapixels = _megapixels(pictures)
+            view = inspector.patchcore.input_shape if inspector.patchcore is not None else None
+            megapixels = fit_megapixels(pictures, view, skip_unreadable=True)  # an unreadable file: its row says so
             if megapixels > limits.max_megapixels:
                 raise UploadError(f"These pictures come to {megapixels:.0f} million pixels at the detector's view; "
                                   f"one batch may have {limits.max_megapixels:.0f} million. Send fewer pictures.")
@@ -82,17 +83,6 @@ class BatchInspection:
                     f"{rows[i]['path']} · {found.label} · score {found.score:.3g}") for _, i, picture, found in worst]
         view = table.rename(columns={"path": "picture"})[SHOWN_COLUMNS].round({"score": 4, "threshold": 4, "ms": 1})
         return view.astype(object).where(view.notna(), None), csv, gallery
-
-
-def _megapixels(pictures: list[Path]) -> float:
-    """Model pixels of the readable pictures (an unreadable one is a row with its message, not a refusal)."""
-    total = 0.0
-    for picture in pictures:
-        try:
-            total += fit_megapixels([picture])
-        except Exception:  # not a picture PIL can open: inspected later, and reported in its row
-            continue
-    return total
 
 
 def _name(copy: Path) -> str:

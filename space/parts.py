@@ -38,18 +38,25 @@ def clean_name(name) -> str:
     return " ".join(kept.split())[:MAX_NAME] or "my part"
 
 
-def fit_megapixels(pictures: list[Path]) -> float:
-    """Millions of model pixels a fit of `pictures` processes (from their headers: nothing is decoded)."""
+def fit_megapixels(pictures: list[Path], shape=None, skip_unreadable: bool = False) -> float:
+    """Millions of model pixels the detector processes for `pictures` at `shape` (a `PatchCore.input_shape`;
+    default: a new category's), from their headers: nothing is decoded. A file PIL cannot open raises, or with
+    `skip_unreadable` counts nothing (a batch reports it in its row instead)."""
     from PIL import Image
 
     from xai.io import FORMATS
     from xai.patchcore import PatchCore, PatchCoreConfig
 
-    shape = PatchCore(PatchCoreConfig()).input_shape
+    shape = shape or PatchCore(PatchCoreConfig()).input_shape
     total = 0
     for path in pictures:
-        with Image.open(path, formats=FORMATS) as picture:
-            h, w = shape(*picture.size)
+        try:
+            with Image.open(path, formats=FORMATS) as picture:
+                h, w = shape(*picture.size)
+        except Exception:  # not a picture PIL can open
+            if not skip_unreadable:
+                raise
+            continue
         total += h * w
     return total / 1e6
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Every temporary file of the session (ours, Gradio's, the apps the tests launch, pytest's own) goes under one
+# folder that is removed when the session ends, so runs leave nothing behind in the machine's temp folder.
+SCRATCH = tempfile.mkdtemp(prefix="dxt-")  # short: Ray puts Unix sockets (107-byte paths) under it
+os.environ["TMPDIR"] = tempfile.tempdir = SCRATCH
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 # huggingface_hub reads these at import: the tests never reach the network and use their own cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="defect-xai-hub-cache-")

@@ -165,6 +165,47 @@ def test_approximate_index_recalls_exact_search_on_a_generated_bank():
     recall = np.mean(np.sqrt(np.maximum(approx[:, 0], 0)) <= np.sqrt(np.maximum(exact[:, 0], 0)) + 1e-4)
     assert recall >= 0.99, recall
     assert (approx[:, 0] >= exact[:, 0] - 1e-3).all()  # an approximate neighbour is never nearer than the true one
+    assert model.index.nprobe == model.config.ivf_probes
+
+
+def test_each_pictures_farthest_patches_are_searched_again_with_more_probes():
+    """IVF only ever overstates a distance, so the farthest patches (those that decide the score) are searched again
+    at REFINE_PROBES times the probes: they then equal that search, the rest keep the cheap one, and no distance
+    rises."""
+    from xai.patchcore import REFINE_MIN, REFINE_PROBES, build_index, refine_farthest, search
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(64, 48)).astype(np.float32) * 3
+    bank = (centres[rng.integers(0, 64, 12000)] + rng.normal(size=(12000, 48))).astype(np.float32)
+    index = build_index(bank, "ivf", probes=2)
+    queries = np.concatenate([centres[rng.integers(0, 64, 300)] + rng.normal(size=(300, 48)),
+                              rng.normal(size=(20, 48)) * 6]).astype(np.float32)  # 2 pictures of 160 patches
+    cheap = np.sqrt(np.maximum(search(index, queries)[0][:, 0], 0)).reshape(2, 160)
+    thorough = np.sqrt(np.maximum(search(index, queries, probes=2 * REFINE_PROBES)[0][:, 0], 0)).reshape(2, 160)
+    exact = np.sqrt(np.maximum(search(build_index(bank, "flat"), queries)[0][:, 0], 0)).reshape(2, 160)
+    refined = refine_farthest(index, queries, cheap)
+    assert index.nprobe == 2  # the call's probes did not change the shared index
+    assert (refined <= cheap + 1e-6).all() and (refined >= exact - 1e-4).all()
+    for picture in range(2):
+        top = np.argsort(-cheap[picture])[:REFINE_MIN]
+        np.testing.assert_allclose(refined[picture, top], thorough[picture, top], rtol=1e-5)
+        rest = np.setdiff1d(np.arange(160), np.argsort(-cheap[picture])[:REFINE_MIN])
+        np.testing.assert_array_equal(refined[picture, rest], cheap[picture, rest])
+    assert (cheap.max(1) > thorough.max(1) + 1e-4).any()  # the cheap search did overstate a picture's maximum here
+    np.testing.assert_allclose(refined.max(1), thorough.max(1), rtol=1e-5)
+
+
+def test_bundles_written_before_ivf_probes_keep_the_probes_they_were_searched_with():
+    """A stored config without `ivf_probes` is searched with the 16 probes it was evaluated with, not today's
+    default; a bundle's probes are bounded like its other numbers."""
+    from xai.patchcore import IVF_PROBES_BEFORE
+
+    stored = PatchCoreConfig().to_dict()
+    del stored["ivf_probes"], stored["refine"]
+    assert PatchCoreConfig.from_dict(stored).ivf_probes == IVF_PROBES_BEFORE == 16
+    assert PatchCoreConfig.from_dict(PatchCoreConfig(ivf_probes=3).to_dict()).ivf_probes == 3
+    assert any("ivf_probes" in p for p in PatchCoreConfig(ivf_probes=10**6).problems())
+    assert PatchCoreConfig.from_dict(stored).refine is False  # nor are they refined
 
 
 def thin_line(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

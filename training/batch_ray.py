@@ -55,16 +55,24 @@ class RayInspector:
         return pd.DataFrame(inspect_rows(self.inspector, indexed, prepared, on_detection))
 
 
+def start_ray(address: str | None = None) -> bool:
+    """Connect to the Ray cluster at `address` (None: start a local one) with this project's packages shipped to
+    its workers, unless Ray is already running in this process; True when this call started it."""
+    ray = _ray()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"py_modules": [str(p) for p in PACKAGES]})
+    return True
+
+
 def inspect_ray(bundle: str, todo: list[tuple[int, Item]], batch_size: int, maps: bool, overlays: bool, out: Path,
                 address: str | None, on_rows: Callable[[list[dict]], None]) -> None:
     """Run `todo` through a pool of RayInspector actors (sized from the cluster's CPUs) and hand each finished
     batch's rows to `on_rows` as it arrives (Ray Data streams: memory does not grow with the number of pictures)."""
     ray = _ray()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"py_modules": [str(p) for p in PACKAGES]})
+    started = start_ray(address)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the command's own bar counts pictures

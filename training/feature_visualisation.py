@@ -19,9 +19,9 @@ from training.data import Sample
 from training.features import image_batches
 from xai.backbone import TRUNKS, normalise
 from xai.bundle import read_meta, write_meta
-from xai.explainers.base import Classifier
+from xai.explainers.base import Classifier, ExplainContext
+from xai.explainers.cam import CAM
 from xai.feature_visualisation import strongest_cells, visualise_class
-from xai.heads import HEAD_INPUT_STAGE
 
 STEPS = 192  # optimisation steps: the class probability has levelled off by then on bottle and tire
 PICTURES = 48  # training pictures searched for the patches the class responds to
@@ -62,12 +62,10 @@ def responding_patches(classifier: Classifier, target: int, samples: list[Sample
     """The PATCHES (sample, box in model pixels, CAM value, patch pixels) the class map rates highest, one per
     picture."""
     maps, arrays = [], []
-    weights = classifier.head.classifier.weight[target]
-    with torch.no_grad():
-        for batch, _ in image_batches(samples, size, 8, "patches the class responds to"):
-            features = classifier.trunk(normalise(batch, mean, std), upto=HEAD_INPUT_STAGE)[HEAD_INPUT_STAGE]
-            maps.append(torch.einsum("k,bkhw->bhw", weights, classifier.head.activations(features)))
-            arrays.extend(batch)
+    cam = CAM(ExplainContext(classifier.trunk, {CAM.component: classifier.head}))
+    for batch, _ in image_batches(samples, size, 8, "patches the class responds to"):
+        maps.append(cam.compute(normalise(batch, mean, std), torch.full((len(batch),), target))["heatmap"])
+        arrays.extend(batch)
     maps = torch.cat(maps)
     cell = size // maps.shape[-1]
     found = []
