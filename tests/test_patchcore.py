@@ -206,6 +206,9 @@ def test_bundles_written_before_ivf_probes_keep_the_probes_they_were_searched_wi
     assert PatchCoreConfig.from_dict(PatchCoreConfig(ivf_probes=3).to_dict()).ivf_probes == 3
     assert any("ivf_probes" in p for p in PatchCoreConfig(ivf_probes=10**6).problems())
     assert PatchCoreConfig.from_dict(stored).refine is False  # nor are they refined
+    del stored["downsample"]
+    assert PatchCoreConfig.from_dict(stored).downsample == "avg"  # and their stride-4 stage is averaged, as it was
+    assert any("downsample" in p for p in PatchCoreConfig(downsample="median").problems())
 
 
 def thin_line(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

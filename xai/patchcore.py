@@ -56,6 +56,7 @@ class PatchCoreConfig:
     layers: tuple[int, ...] = (1, 2, 4)  # trunk stages at stride 4, 8 and 16
     feature_stride: int = 8  # the patch grid: every layer is resampled to the stride-8 grid
     aggregation: int = 3  # local neighbourhood (3x3 average) that gives each patch context
+    downsample: str = "max"  # how a finer stage reaches the stride-8 grid: "max" keeps a thin line's response, "avg"
     colour_window: int = 5  # patches (8 px each) averaged into the low-frequency colour part; 0: no colour part
     coreset_ratio: float = 0.1  # share of all training patches kept in the memory bank (PatchCore's 10 %)
     sampler: str = "coreset"  # how the bank's patches are chosen: "coreset" (greedy k-center) or "random" (a baseline)
@@ -88,6 +89,7 @@ class PatchCoreConfig:
         data.setdefault("short_side", data.get("input_size", cls.input_size))  # before round 3: the input size
         data.setdefault("colour_window", 0)  # before round 3: trunk layers only
         data.setdefault("ivf_probes", IVF_PROBES_BEFORE)
+        data.setdefault("downsample", "avg")  # before: the stride-4 stage was averaged onto the patch grid
         data.setdefault("refine", False)
         data["layers"] = tuple(data.get("layers", cls.layers))
         return cls(**data)
@@ -103,8 +105,9 @@ class PatchCoreConfig:
             found.append(f"layers = {self.layers!r} (distinct trunk stages 0-5)")
         if self.feature_stride != 8 or self.aggregation % 2 == 0:
             found.append("feature_stride must be 8 and aggregation odd")
-        if self.index not in ("auto", "flat", "ivf", "hnsw") or self.sampler not in ("coreset", "random"):
-            found.append(f"index {self.index!r} / sampler {self.sampler!r} unknown")
+        if self.index not in ("auto", "flat", "ivf", "hnsw") or self.sampler not in ("coreset", "random") \
+                or self.downsample not in ("avg", "max"):
+            found.append(f"index {self.index!r} / sampler {self.sampler!r} / downsample {self.downsample!r} unknown")
         if self.max_side < self.short_side or not isinstance(self.keep_aspect, bool) \
                 or not isinstance(self.refine, bool):
             found.append("max_side must be at least short_side, keep_aspect and refine true or false")
@@ -247,7 +250,9 @@ class PatchCore(nn.Module):
     # -- features ------------------------------------------------------------------------------
     def embed_parts(self, stage_outputs: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
         """Raw patch features [B, C, h/8, w/8] of the normalised batch `x` [B, 3, h, w]: each trunk layer
-        3x3-averaged on its own grid, then resampled to the stride-8 patch grid; then the colour part.
+        3x3-averaged on its own grid, then resampled to the stride-8 patch grid (a finer stage by each channel's
+        maximum over its 2x2 cells: the strongest response of a thin line survives, where the average mixed it
+        with the texture beside it; the README measures it); then the colour part.
 
         The colour part is the picture itself averaged over colour_window x colour_window patches (40 px at 5): a
         3x3 patch of trunk features sees texture, not a faint stain larger than itself, and the trunk's
@@ -261,7 +266,8 @@ class PatchCore(nn.Module):
         for layer in cfg.layers:
             feat = F.avg_pool2d(stage_outputs[layer], k, stride=1, padding=k // 2, count_include_pad=False)
             if feat.shape[-1] > grid[1]:
-                feat = F.adaptive_avg_pool2d(feat, grid)
+                pool = F.adaptive_max_pool2d if cfg.downsample == "max" else F.adaptive_avg_pool2d
+                feat = pool(feat, grid)
             elif tuple(feat.shape[-2:]) != grid:
                 feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
             parts.append(feat)
