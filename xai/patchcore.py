@@ -56,7 +56,7 @@ class PatchCoreConfig:
     layers: tuple[int, ...] = (1, 2, 4)  # trunk stages at stride 4, 8 and 16
     feature_stride: int = 8  # the patch grid: every layer is resampled to the stride-8 grid
     aggregation: int = 3  # local neighbourhood (3x3 average) that gives each patch context
-    downsample: str = "max"  # how a finer stage reaches the stride-8 grid: "max" keeps a thin line's response, "avg"
+    downsample: str = "max"  # a finer stage onto the stride-8 grid: "max" (per channel, over 2x2 cells) or "avg"
     colour_window: int = 5  # patches (8 px each) averaged into the low-frequency colour part; 0: no colour part
     coreset_ratio: float = 0.1  # share of all training patches kept in the memory bank (PatchCore's 10 %)
     sampler: str = "coreset"  # how the bank's patches are chosen: "coreset" (greedy k-center) or "random" (a baseline)
