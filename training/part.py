@@ -77,7 +77,9 @@ def training_estimate_s(features_s: float, epochs: int = TRAIN_EPOCHS) -> float:
     trunk, then `epochs` passes of the head (measured: about as long as the features once more for 6 epochs),
     then the feature visualisation (192 steps of one picture: 14 s for bottle's head here; 20 s allowed) and the
     explanation table (2 s a case, and Score-CAM's 2 x 3.5 s on each of its cases)."""
-    return round(features_s * 12 * (1 + epochs / 6) + 10 + 20 + 2 * EXPLAIN_CASES + 7 * 4, 0)
+    from training.evaluate_explanations import SLOW_CARD_CASES
+
+    return round(features_s * 12 * (1 + epochs / 6) + 10 + 20 + 2 * EXPLAIN_CASES + 7 * SLOW_CARD_CASES, 0)
 
 
 def train_part(bundle: Path, pictures: list[Path], name: str, trunk, epochs: int = TRAIN_EPOCHS) -> dict:
