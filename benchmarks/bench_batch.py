@@ -4,6 +4,7 @@ Ray Data on one machine, in pictures per second (decode included), and resident 
     python -m benchmarks.bench_batch --bundle BUNDLE --input DIR [--repeats 3] [--batch-size 16]
     python -m benchmarks.bench_batch --bundle BUNDLE --generate 400 [--size 224]      (224 x 224 JPEGs)
     python -m benchmarks.bench_batch --bundle BUNDLE --memory 5000                     (RSS every 500 pictures)
+    python -m benchmarks.bench_batch --bundle BUNDLE --input DIR --stages               (where the loop's time goes)
 
 Each engine's figure is the median of --repeats runs in this process, one after another (never side by side: the
 machine has 2 cores). The inspector is loaded once before timing for the loop and the local engine; Ray is started
@@ -24,6 +25,7 @@ from PIL import Image
 
 from training.batch import Item, list_inputs
 from training.inspect import DEFAULT_BATCH, inspect_local
+from xai.cores import usable_cores
 from xai.inspector import Inspector
 
 
@@ -77,6 +79,37 @@ def run_engines(bundle: str, items: list[Item], repeats: int, batch_size: int, e
     return {engine: statistics.median(values) for engine, values in runs.items()}
 
 
+def stages(bundle: str, items: list[Item]) -> None:
+    """Where a picture's time goes in the per-picture loop (median ms of each stage `Inspector.detect` times), with
+    torch and FAISS on every core and on one; and what two cores could do at best with the same work: every
+    core running a one-thread pipeline, the local engine's design."""
+    import faiss
+    import torch
+
+    inspector = Inspector.from_source(bundle)
+    inspector.detect(items[0].path)  # warm-up
+    threads, omp = torch.get_num_threads(), faiss.omp_get_max_threads()
+    totals = {}
+    try:
+        for n in (threads, 1):
+            torch.set_num_threads(n)
+            faiss.omp_set_num_threads(min(n, omp))
+            laps: dict[str, list[float]] = {}
+            start = time.perf_counter()
+            for item in items:
+                for stage, ms in inspector.detect(item.path).timings_ms.items():
+                    laps.setdefault(stage, []).append(ms)
+            totals[n] = (time.perf_counter() - start) / len(items)
+            print(f"{n} thread(s): " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in laps.items())
+                  + f" ms; {1 / totals[n]:.2f} pictures/s")
+    finally:
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(omp)
+    cores = usable_cores()
+    print(f"at best {cores} one-thread pipelines: {cores / totals[1]:.2f} pictures/s, "
+          f"{totals[threads] * cores / totals[1]:.2f}x the loop with the same work")
+
+
 def memory(bundle: str, n: int, batch_size: int) -> None:
     from training.batch import ResultsFolder, columns, frame
 
@@ -110,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--engines", default="loop,local,ray")
+    parser.add_argument("--stages", action="store_true", help="where the loop's time goes, instead of the engines")
     args = parser.parse_args(argv)
     if args.memory:
         memory(args.bundle, args.memory, args.batch_size)
@@ -117,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         source = str(generate(Path(tmp), args.generate, args.size)) if args.generate else args.input
         items = list_inputs(source)
+        if args.stages:
+            stages(args.bundle, items)
+            return 0
         rates = run_engines(args.bundle, items, args.repeats, args.batch_size, args.engines.split(","))
     loop = rates.get("loop")
     print(f"{len(items)} pictures, batch {args.batch_size}, median of {args.repeats}")

@@ -4,7 +4,6 @@ launched with the production options (the tests launch it through the same `laun
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ from space.outputs import CacheSweeper, OutputFolder
 from space.page import build_page
 from space.parts import Parts
 from space.settings import Settings
+from xai.cores import usable_cores
 from xai.explainers import slow_methods
 
 
@@ -82,10 +82,12 @@ def start_default_build(catalogue: Catalogue, settings: Settings):
 
 def main() -> None:
     """Serve the Space as configured by the environment."""
+    import faiss
     import torch
 
     logging.basicConfig(level=logging.INFO)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))  # concurrent requests share the cores, not oversubscribe
+    torch.set_num_threads(usable_cores())  # requests share the cores the container has, not the host's
+    faiss.omp_set_num_threads(usable_cores())
     settings = Settings.from_env()
     catalogue = Catalogue.from_sources(settings.sources, settings.categories, settings.category_dir)
     if settings.bundles is None and not catalogue.inspectors and not settings.build:

@@ -36,6 +36,7 @@ from training.batch import (
 )
 from training.cli import progress, run
 from xai.bundle import load
+from xai.cores import usable_cores
 
 # pictures per trunk forward: on a 2-core CPU the trunk's time per picture grows past 2 (26 ms at 1 and 2, 36 at 4,
 # 45 at 16 for a 320 x 320 view: the activations leave the cache); larger batches pay on machines with more cores
@@ -66,15 +67,13 @@ def inspect_local(bundle: str, todo: list[tuple[int, Item]], batch_size: int, ar
     On a 2-core CPU two such pipelines beat one that spreads each step over both cores (the trunk and the search
     do not halve with two threads, and decoding runs on one): see the README's figures. At most two batches per
     worker are in flight, so memory does not grow with the run; rows come back in the input's order."""
-    import os
-
     import faiss
     import torch
 
     from xai.inspector import Inspector
 
     inspector = inspector or Inspector.from_source(bundle)
-    workers = workers or max(1, os.cpu_count() or 1)
+    workers = workers or usable_cores()
     chunks = iter(batches(todo, batch_size))
 
     def work(chunk: list[tuple[int, Item]]) -> list[dict]:
