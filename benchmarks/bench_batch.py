@@ -27,6 +27,7 @@ from training.batch import Item, list_inputs
 from training.inspect import DEFAULT_BATCH, inspect_local
 from xai.cores import usable_cores
 from xai.inspector import Inspector
+from xai.io import ImageInputError
 
 
 def generate(folder: Path, n: int, size: int) -> Path:
@@ -80,34 +81,34 @@ def run_engines(bundle: str, items: list[Item], repeats: int, batch_size: int, e
 
 
 def stages(bundle: str, items: list[Item]) -> None:
-    """Where a picture's time goes in the per-picture loop (median ms of each stage `Inspector.detect` times), with
-    torch and FAISS on every core and on one; and what two cores could do at best with the same work: every
-    core running a one-thread pipeline, the local engine's design."""
+    """Where the per-picture loop's time goes (each stage's median ms) on every core and on one, and an estimate of
+    the best the cores could do with the same work: each running a one-thread pipeline, as the local engine does."""
     import faiss
     import torch
 
     inspector = Inspector.from_source(bundle)
-    inspector.detect(items[0].path)  # warm-up
-    threads, omp = torch.get_num_threads(), faiss.omp_get_max_threads()
-    totals = {}
+    readable = [item for item in items if not isinstance(inspector.prepare(item.path), ImageInputError)]
+    for item in readable[:5]:  # warm-up (and every file read once before either timed pass)
+        inspector.detect(item.path)
+    threads, omp, cores = torch.get_num_threads(), faiss.omp_get_max_threads(), usable_cores()
+    seconds: dict[int, float] = {}
     try:
-        for n in (threads, 1):
+        for n in dict.fromkeys((cores, 1)):
             torch.set_num_threads(n)
-            faiss.omp_set_num_threads(min(n, omp))
+            faiss.omp_set_num_threads(n)
             laps: dict[str, list[float]] = {}
             start = time.perf_counter()
-            for item in items:
+            for item in readable:
                 for stage, ms in inspector.detect(item.path).timings_ms.items():
                     laps.setdefault(stage, []).append(ms)
-            totals[n] = (time.perf_counter() - start) / len(items)
+            seconds[n] = (time.perf_counter() - start) / len(readable)
             print(f"{n} thread(s): " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in laps.items())
-                  + f" ms; {1 / totals[n]:.2f} pictures/s")
+                  + f" ms (medians); {1 / seconds[n]:.2f} pictures/s ({len(readable)} pictures)")
     finally:
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(omp)
-    cores = usable_cores()
-    print(f"at best {cores} one-thread pipelines: {cores / totals[1]:.2f} pictures/s, "
-          f"{totals[threads] * cores / totals[1]:.2f}x the loop with the same work")
+    print(f"estimated best of {cores} one-thread pipelines: {cores / seconds[1]:.2f} pictures/s, "
+          f"{seconds[cores] * cores / seconds[1]:.2f}x the loop on {cores} threads, with the same work")
 
 
 def memory(bundle: str, n: int, batch_size: int) -> None:

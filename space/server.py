@@ -4,6 +4,7 @@ launched with the production options (the tests launch it through the same `laun
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -82,12 +83,14 @@ def start_default_build(catalogue: Catalogue, settings: Settings):
 
 def main() -> None:
     """Serve the Space as configured by the environment."""
-    import faiss
+    cores = usable_cores()  # requests share the cores the container has, not the host's
+    # FAISS's OpenMP threads: its setting holds per thread, and requests run on Gradio's worker threads, so the
+    # default every thread starts with is set here, before FAISS is first loaded (unless the operator set it)
+    os.environ.setdefault("OMP_NUM_THREADS", str(cores))
     import torch
 
     logging.basicConfig(level=logging.INFO)
-    torch.set_num_threads(usable_cores())  # requests share the cores the container has, not the host's
-    faiss.omp_set_num_threads(usable_cores())
+    torch.set_num_threads(cores)
     settings = Settings.from_env()
     catalogue = Catalogue.from_sources(settings.sources, settings.categories, settings.category_dir)
     if settings.bundles is None and not catalogue.inspectors and not settings.build:

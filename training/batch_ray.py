@@ -35,18 +35,20 @@ class RayInspector:
     """One Ray actor: the bundle loaded once, then `Inspector.detect_batch` on each batch of rows."""
 
     def __init__(self, bundle: str, threads: int, out: str, maps: bool, overlays: bool):
-        import faiss
         import torch
 
         from xai.inspector import Inspector
 
         torch.set_num_threads(threads)
-        faiss.omp_set_num_threads(threads)
+        self.threads = threads
         self.inspector = Inspector.from_source(bundle)
         self.artefacts = Artefacts(Path(out), maps, overlays) if maps or overlays else None
 
     def __call__(self, batch):
+        import faiss
         import pandas as pd
+
+        faiss.omp_set_num_threads(self.threads)  # OpenMP's setting holds for the calling thread only
 
         indexed = [(int(index), Item(path, truth or None))
                    for index, path, truth in zip(batch["index"], batch["path"], batch["truth"])]

@@ -80,11 +80,11 @@ def inspect_local(bundle: str, todo: list[tuple[int, Item]], batch_size: int, ar
         prepared = prepare_all(inspector, [item for _, item in chunk])
         return inspect_rows(inspector, chunk, prepared, artefacts.write if artefacts else None)
 
-    threads, omp = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch's setting reaches every thread; FAISS's OpenMP one only the thread that sets it
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="inspect") as pool:
+        with ThreadPoolExecutor(workers, thread_name_prefix="inspect", initializer=faiss.omp_set_num_threads,
+                                initargs=(1,)) as pool:
             window = deque(pool.submit(work, chunk) for chunk in islice(chunks, 2 * workers))
             while window:
                 rows = window.popleft().result()
@@ -93,7 +93,6 @@ def inspect_local(bundle: str, todo: list[tuple[int, Item]], batch_size: int, ar
                 on_rows(rows)
     finally:
         torch.set_num_threads(threads)
-        faiss.omp_set_num_threads(omp)
 
 
 def inspect_into(bundle: str, spec: str, out: Path, engine: str = "local", batch_size: int = DEFAULT_BATCH,
