@@ -161,6 +161,51 @@ def test_an_interrupted_run_resumes_without_inspecting_a_picture_twice(classifie
     assert inspect_cli.main(argv) == 0 and sum(seen) - first_run == total - 11  # a finished run: nothing again
 
 
+WORKER_THREADS = """
+import faiss  # loaded before torch: FAISS then keeps its own OpenMP runtime, whose setting holds per thread
+import sys
+import threading
+
+import torch
+
+from training.batch import list_inputs
+from training.inspect import inspect_local
+from xai.inspector import Inspector
+
+seen, real = [], Inspector.detect_batch
+
+
+def recorded(self, sources):
+    seen.append((threading.current_thread().name, torch.get_num_threads(), faiss.omp_get_max_threads()))
+    return real(self, sources)
+
+
+Inspector.detect_batch = recorded
+inspect_local(sys.argv[1], list(enumerate(list_inputs(sys.argv[2])))[:8], 2, None, lambda rows: None, workers=2)
+print(repr(seen))
+"""
+
+
+def test_the_local_engines_workers_run_torch_and_faiss_on_one_thread_each(classifier_bundle, mixed_folder, tmp_path):
+    """One one-thread pipeline a core: a worker that left FAISS at its default would search on every core while its
+    neighbour does the same (a fresh process, so that FAISS's runtime is its own, as in a script that imports it
+    first)."""
+    import ast
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = tmp_path / "workers.py"
+    script.write_text(WORKER_THREADS)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2"}  # OpenMP's default: two threads
+    done = subprocess.run([sys.executable, str(script), str(classifier_bundle), str(mixed_folder)], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    seen = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert len(seen) == 4 and all(name.startswith("inspect") for name, _, _ in seen)
+    assert {(t, omp) for _, t, omp in seen} == {(1, 1)}
+
+
 def test_without_ray_the_engine_says_how_to_install_it(classifier_bundle, mixed_folder, tmp_path, monkeypatch,
                                                       capsys):
     from training.cli import run
