@@ -130,6 +130,25 @@ def test_benchmark_detector_fits_every_set_with_the_same_defaults(texture_data, 
     assert strip_map["format_version"] == 2
 
 
+def test_benchmark_detector_fits_the_plain_patchcore_as_its_baseline(texture_data, tmp_path):
+    """`--baseline plain`: the stride-8 and stride-16 stages concatenated raw, every patch in the bank, no border
+    factors (the reference the defaults are measured against); `--set` still applies on top of it."""
+    from training import benchmark_detector
+    from xai.bundle import load
+    from xai.inspector import Inspector
+
+    out = tmp_path / "plain.json"
+    assert run(benchmark_detector.main, ["--data", str(texture_data), "--json", str(out), "--out",
+                                         str(tmp_path / "b"), "--baseline", "plain", "--set", "short_side=224"]) == 0
+    bundle = load(tmp_path / "b" / "weave")
+    config, facts = bundle.meta["components"]["patchcore"]["config"], bundle.meta["components"]["patchcore"]["fit"]
+    assert config["layers"] == [2, 4] and config["colour_window"] == 0 and config["short_side"] == 224
+    assert facts["bank_size"] == facts["n_patches"]  # no coreset
+    patchcore = Inspector(bundle).patchcore
+    assert patchcore.layer_scales.tolist() == [1.0, 1.0] and patchcore.border_scale.tolist() == [1.0] * 3
+    assert json.loads(out.read_text())["datasets"]["weave"]["image_auroc"] > 0.9
+
+
 def test_dev_sets_crop_pictures_and_masks_alike(texture_data, tmp_path):
     from PIL import Image
 
@@ -221,3 +240,8 @@ def test_benchmark_detector_set_overrides_one_default_for_every_set(texture_data
     err = one_line_error(benchmark_detector.main, ["--data", str(texture_data), "--json", str(out),
                                                    "--set", "resolution=2"], capsys)
     assert "--set takes FIELD=VALUE" in err and "short_side" in err
+    err = one_line_error(benchmark_detector.main, ["--data", str(texture_data), "--json", str(out),
+                                                   "--set", "sampler=everything"], capsys)
+    assert "sampler 'everything'" in err  # refused before any fit
+    config = benchmark_detector.with_overrides(benchmark_detector.PatchCoreConfig(), ["part_scaling=none"])
+    assert config.part_scaling == "none"  # the word, not None

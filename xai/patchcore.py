@@ -67,6 +67,8 @@ class PatchCoreConfig:
     index: str = "auto"  # "flat" (exact), "ivf", "hnsw", or "auto" (exact up to FLAT_INDEX_MAX vectors, IVF beyond)
     ivf_probes: int = 8  # IVF cells searched per patch (of 2 sqrt(N)); the README's "bank search" table measures it
     refine: bool = True  # each picture's farthest patches searched again with more probes (see REFINE_SHARE)
+    part_scaling: str = "norm"  # "norm": each part over its mean patch norm (fit_layer_scales); "none": raw parts
+    border_correction: bool = True  # border rings' scores scaled to the interior's level (fit_border_scale)
     seed: int = 0
     calibration_fraction: float = 0.1  # good images held out of the bank to calibrate the threshold
     keep_aspect: bool = True  # process the picture on a grid of its own aspect instead of squashing it square
@@ -106,11 +108,13 @@ class PatchCoreConfig:
         if self.feature_stride != 8 or self.aggregation % 2 == 0:
             found.append("feature_stride must be 8 and aggregation odd")
         if self.index not in ("auto", "flat", "ivf", "hnsw") or self.sampler not in ("coreset", "random") \
-                or self.downsample not in ("avg", "max"):
-            found.append(f"index {self.index!r} / sampler {self.sampler!r} / downsample {self.downsample!r} unknown")
-        if self.max_side < self.short_side or not isinstance(self.keep_aspect, bool) \
-                or not isinstance(self.refine, bool):
-            found.append("max_side must be at least short_side, keep_aspect and refine true or false")
+                or self.downsample not in ("avg", "max") or self.part_scaling not in ("norm", "none"):
+            found.append(f"index {self.index!r} / sampler {self.sampler!r} / downsample {self.downsample!r} / "
+                         f"part_scaling {self.part_scaling!r} unknown")
+        if self.max_side < self.short_side or not all(
+                isinstance(flag, bool) for flag in (self.keep_aspect, self.refine, self.border_correction)):
+            found.append("max_side must be at least short_side, keep_aspect, refine and border_correction true or "
+                         "false")
         return found
 
     @property
@@ -287,8 +291,11 @@ class PatchCore(nn.Module):
         return self.embed(self.stage_outputs(trunk, x), x)
 
     def fit_layer_scales(self, parts: list[torch.Tensor]) -> None:
-        """Set each part's scale to its mean patch norm, so that no part dominates distances by magnitude.
-        `parts` are per-part patch rows [N, C_l]."""
+        """Set each part's scale to its mean patch norm, so that no part dominates distances by magnitude (all ones
+        with part_scaling "none": the plain PatchCore's raw concatenation). `parts` are per-part patch rows [N, C_l]."""
+        if self.config.part_scaling == "none":
+            self.layer_scales = torch.ones(len(parts))
+            return
         self.layer_scales = torch.stack([part.norm(dim=1).mean() for part in parts]).float()
 
     def set_image_features(self, means: list[torch.Tensor]) -> None:
@@ -355,7 +362,11 @@ class PatchCore(nn.Module):
         """From nearest-bank distances [1, h, w] of good pictures the bank never saw: each border ring's factor is
         the interior's BORDER_QUANTILE distance over the ring's (at most 1; 1 where either is undefined or zero).
         Border patches see the picture's edge, a context rarer in the bank than any interior one, so good borders
-        sit further from it; without this the map's maximum drifts to the rim of textured parts."""
+        sit further from it; without this the map's maximum drifts to the rim of textured parts. All ones when
+        border_correction is off (the plain PatchCore)."""
+        if not self.config.border_correction:
+            self.border_scale = torch.ones(BORDER_RINGS)
+            return
         rings: list[list[np.ndarray]] = [[] for _ in range(BORDER_RINGS + 1)]
         for dist in distances:
             ring = ring_index(dist.shape[-2:])
