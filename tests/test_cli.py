@@ -240,8 +240,9 @@ def test_benchmark_detector_set_overrides_one_default_for_every_set(texture_data
     err = one_line_error(benchmark_detector.main, ["--data", str(texture_data), "--json", str(out),
                                                    "--set", "resolution=2"], capsys)
     assert "--set takes FIELD=VALUE" in err and "short_side" in err
-    err = one_line_error(benchmark_detector.main, ["--data", str(texture_data), "--json", str(out),
-                                                   "--set", "sampler=everything"], capsys)
-    assert "sampler 'everything'" in err  # refused before any fit
+    for bad, says in (("sampler=everything", "sampler = 'everything'"), ("border_correction=ture", "true or false")):
+        err = one_line_error(benchmark_detector.main, ["--data", str(texture_data), "--json", str(out), "--out",
+                                                       str(tmp_path / "refused"), "--set", bad], capsys)
+        assert says in err and not (tmp_path / "refused").exists()  # refused before any fit
     config = benchmark_detector.with_overrides(benchmark_detector.PatchCoreConfig(), ["part_scaling=none"])
     assert config.part_scaling == "none"  # the word, not None

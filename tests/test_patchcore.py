@@ -211,6 +211,37 @@ def test_bundles_written_before_ivf_probes_keep_the_probes_they_were_searched_wi
     assert any("downsample" in p for p in PatchCoreConfig(downsample="median").problems())
 
 
+def test_the_plain_settings_leave_the_parts_raw_and_the_borders_alone():
+    """part_scaling "none" and border_correction off (the plain PatchCore baseline) fit no scales; the defaults, on
+    the same rows and distances, divide each part by its mean norm and lower a border that sits further out."""
+    rng = np.random.default_rng(0)
+    parts = [torch.from_numpy(rng.normal(0, s, (500, 8)).astype(np.float32)) for s in (1.0, 10.0)]
+    distances = [torch.ones(1, 12, 12) for _ in range(3)]
+    for d in distances:
+        d[0, 0, :] = 3.0  # the outermost top ring is three times the interior's level
+    default = PatchCore(PatchCoreConfig(layers=(2, 4), colour_window=0))
+    default.fit_layer_scales(parts)
+    default.fit_border_scale(distances)
+    assert default.layer_scales[1] > 5 * default.layer_scales[0] and default.border_scale[0] < 0.5
+    plain = PatchCore(PatchCoreConfig(layers=(2, 4), colour_window=0, part_scaling="none", border_correction=False))
+    plain.fit_layer_scales(parts)
+    plain.fit_border_scale(distances)
+    assert plain.layer_scales.tolist() == [1.0, 1.0] and plain.border_scale.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_strangers_detector_settings_are_refused_in_words_not_exceptions():
+    """Every field a bundle carries is checked by type and range; a wrong type is a problem line, never a crash."""
+    hostile = {"part_scaling": 5, "border_correction": "yes", "max_side": "a", "aggregation": "3",
+               "max_bank_size": -5, "layers": (1, True), "sampler": ["coreset"]}
+    for name, value in hostile.items():
+        found = PatchCoreConfig(**{name: value}).problems()
+        assert any(p.startswith(name) for p in found), (name, found)
+    assert PatchCoreConfig().problems() == []
+    stored = PatchCoreConfig().to_dict()
+    del stored["keep_aspect"], stored["border_correction"]
+    assert PatchCoreConfig.from_dict(stored).border_correction is False  # format 1 had no border factors
+
+
 def thin_line(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A crack one pixel wide at the picture's own resolution: a long, slightly bright diagonal line."""
     h, w = image.shape[:2]

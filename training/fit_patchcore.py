@@ -35,7 +35,7 @@ from training.score_model import fit_score_model
 from xai.backbone import TRUNKS, Trunk, create_trunk, normalise
 from xai.bundle import RETRIEVAL_DIR, save_patchcore, save_tensors, thumbnail_name
 from xai.metrics import heatmap_auroc, pointing_game
-from xai.patchcore import PatchCore, PatchCoreConfig
+from xai.patchcore import CONFIG_CHOICES, PatchCore, PatchCoreConfig
 from xai.score_model import ScoreModel
 
 MIN_CALIBRATION = 3
@@ -312,7 +312,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the detector's view: each picture's shorter side in model pixels (default: %(default)s)")
     parser.add_argument("--coreset-ratio", type=float, default=defaults.coreset_ratio)
     parser.add_argument("--max-bank-size", type=int, default=defaults.max_bank_size)
-    parser.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default=defaults.index)
+    parser.add_argument("--index", choices=CONFIG_CHOICES["index"], default=defaults.index)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--defects", help="folder of a few real defective pictures to calibrate the threshold with "
                         "(default: synthetic anomalies made from held-out good pictures)")

@@ -204,8 +204,9 @@ def load_patchcore(bundle: Bundle):
         config = PatchCoreConfig.from_dict(spec["config"])
     except (TypeError, ValueError) as exc:
         raise BundleError(f"Bundle {bundle.source}: its detector settings cannot be read ({exc}).") from None
-    if config.problems():
-        raise BundleError(f"Bundle {bundle.source}: detector settings out of range: {'; '.join(config.problems())}.")
+    problems = config.problems()
+    if problems:
+        raise BundleError(f"Bundle {bundle.source}: detector settings out of range: {'; '.join(problems)}.")
     tensors = bundle.tensors(spec["weights"])
     if tensors["layer_scales"].shape != (config.n_parts,) or tensors["memory_bank"].ndim != 2:
         raise BundleError(f"Bundle {bundle.source}: the detector's tensors do not match its settings; refit it.")

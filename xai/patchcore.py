@@ -44,6 +44,11 @@ CONFIG_BOUNDS = {  # PatchCoreConfig's numbers a bundle may carry: beyond these 
     "sigma": (0.0, 32.0), "neighbours": (1, 32), "calibration_fraction": (0.0, 0.9), "seed": (0, 2**31 - 1),
     "ivf_probes": (1, 4096),
 }
+CONFIG_CHOICES = {  # PatchCoreConfig's words a bundle may carry
+    "index": ("auto", "flat", "ivf", "hnsw"), "sampler": ("coreset", "random"), "downsample": ("avg", "max"),
+    "part_scaling": ("norm", "none"),
+}
+CONFIG_FLAGS = ("keep_aspect", "refine", "border_correction")  # PatchCoreConfig's true-or-false fields
 
 
 @dataclass
@@ -87,6 +92,7 @@ class PatchCoreConfig:
         data = {k: v for k, v in data.items() if k in known}
         if "keep_aspect" not in data and data.get("index", "auto") == "auto":
             data["index"] = "flat"  # format 1's "auto" meant exact search for its banks (capped at 8,192)
+        data.setdefault("border_correction", "keep_aspect" in data)  # format 1 had no border factors
         data.setdefault("keep_aspect", False)
         data.setdefault("short_side", data.get("input_size", cls.input_size))  # before round 3: the input size
         data.setdefault("colour_window", 0)  # before round 3: trunk layers only
@@ -99,22 +105,28 @@ class PatchCoreConfig:
     def problems(self) -> list[str]:
         """What is out of range in this config (empty when it is usable). A bundle is data from whoever published
         it: its numbers decide what the server allocates, so each is bounded before it is used."""
-        found = [f"{name} = {getattr(self, name)!r} (allowed {lo}-{hi})" for name, (lo, hi) in CONFIG_BOUNDS.items()
-                 if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool)
-                 or not lo <= getattr(self, name) <= hi]
-        if not self.layers or any(not isinstance(x, int) or not 0 <= x <= 5 for x in self.layers) \
+        def in_bounds(value: object, lo: float, hi: float) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+
+        numbers_ok = {name: in_bounds(getattr(self, name), lo, hi) for name, (lo, hi) in CONFIG_BOUNDS.items()}
+        found = [f"{name} = {getattr(self, name)!r} (allowed {CONFIG_BOUNDS[name][0]}-{CONFIG_BOUNDS[name][1]})"
+                 for name, ok in numbers_ok.items() if not ok]
+        if not isinstance(self.layers, (tuple, list)) or not self.layers \
+                or any(not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= 5 for x in self.layers) \
                 or len(set(self.layers)) != len(self.layers):
             found.append(f"layers = {self.layers!r} (distinct trunk stages 0-5)")
-        if self.feature_stride != 8 or self.aggregation % 2 == 0:
-            found.append("feature_stride must be 8 and aggregation odd")
-        if self.index not in ("auto", "flat", "ivf", "hnsw") or self.sampler not in ("coreset", "random") \
-                or self.downsample not in ("avg", "max") or self.part_scaling not in ("norm", "none"):
-            found.append(f"index {self.index!r} / sampler {self.sampler!r} / downsample {self.downsample!r} / "
-                         f"part_scaling {self.part_scaling!r} unknown")
-        if self.max_side < self.short_side or not all(
-                isinstance(flag, bool) for flag in (self.keep_aspect, self.refine, self.border_correction)):
-            found.append("max_side must be at least short_side, keep_aspect, refine and border_correction true or "
-                         "false")
+        if numbers_ok["aggregation"] and self.aggregation % 2 == 0:
+            found.append(f"aggregation = {self.aggregation!r} (odd)")
+        if numbers_ok["max_side"] and numbers_ok["short_side"] and self.max_side < self.short_side:
+            found.append(f"max_side = {self.max_side!r} (at least short_side, {self.short_side!r})")
+        if self.max_bank_size is not None and (not isinstance(self.max_bank_size, int)
+                                               or isinstance(self.max_bank_size, bool) or self.max_bank_size < 1):
+            found.append(f"max_bank_size = {self.max_bank_size!r} (a positive whole number or none)")
+        found += [f"{name} = {getattr(self, name)!r} (one of {', '.join(allowed)})"
+                  for name, allowed in CONFIG_CHOICES.items()
+                  if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed]
+        found += [f"{name} = {getattr(self, name)!r} (true or false)" for name in CONFIG_FLAGS
+                  if not isinstance(getattr(self, name), bool)]
         return found
 
     @property
