@@ -101,13 +101,13 @@ def table(rows: dict[str, dict]) -> str:
 def with_overrides(config: PatchCoreConfig, settings: list[str]) -> PatchCoreConfig:
     """`config` with FIELD=VALUE overrides, each value read as its field's type (the type of its default: tuples as
     comma lists, true/false words for flags, "none" for an optional number), checked before anything is fitted."""
-    current, defaults = config.to_dict(), PatchCoreConfig().to_dict()
+    defaults = PatchCoreConfig().to_dict()  # every field's name and the type its value is read as
     changes: dict = {}
     for setting in settings:
         name, sep, value = setting.partition("=")
-        if not sep or name not in current:
+        if not sep or name not in defaults:
             raise DataError(f"--set takes FIELD=VALUE with a PatchCoreConfig field "
-                            f"({', '.join(sorted(current))}), got {setting!r}.")
+                            f"({', '.join(sorted(defaults))}), got {setting!r}.")
         changes[name] = _read_value(name, value, defaults[name])
     changed = replace(config, **changes)
     problems = changed.problems()
