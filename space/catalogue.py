@@ -249,6 +249,7 @@ class Catalogue:
                                   "labels": ins.labels, "methods": ins.methods(),
                                   "data": ins.bundle.meta.get("data", {}),
                                   "metrics": ins.bundle.meta.get("metrics", {}),
+                                  "detector_settings": _chosen_settings(ins),
                                   "feature_visualisation": ({"caption": LEARNED_CAPTION, **_learned_facts(ins)}
                                                             if _learned_facts(ins) else None)}
                            for name, ins in self.inspectors.items()},
@@ -257,6 +258,17 @@ class Catalogue:
             "methods": captions(),
             "versions": {"defect_xai": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
+
+
+def _chosen_settings(inspector: Inspector) -> dict | None:
+    """The detector's view and smoothing, and how its fit chose them (training.choice: every candidate's score);
+    None without a detector."""
+    if inspector.patchcore is None:
+        return None
+    cfg = inspector.patchcore.config
+    choice = inspector.bundle.meta.get("components", {}).get("patchcore", {}).get("choice")
+    return {"short_side": cfg.short_side, "enlarge": cfg.enlarge, "sigma": cfg.sigma,
+            "choice": choice if isinstance(choice, dict) else None}
 
 
 def _learned_facts(inspector: Inspector) -> dict:

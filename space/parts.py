@@ -40,14 +40,16 @@ def clean_name(name) -> str:
 
 def fit_megapixels(pictures: list[Path], shape=None, skip_unreadable: bool = False) -> float:
     """Millions of model pixels the detector processes for `pictures` at `shape` (a `PatchCore.input_shape`;
-    default: a new category's), from their headers: nothing is decoded. A file PIL cannot open raises, or with
+    default: the costliest view a new category's fit may choose, training.choice), from their headers: nothing is
+    decoded. A file PIL cannot open raises, or with
     `skip_unreadable` counts nothing (a batch reports it in its row instead)."""
     from PIL import Image
 
+    from training.choice import costliest
     from xai.io import FORMATS
     from xai.patchcore import PatchCore, PatchCoreConfig
 
-    shape = shape or PatchCore(PatchCoreConfig()).input_shape
+    shape = shape or PatchCore(costliest(PatchCoreConfig())).input_shape
     total = 0
     for path in pictures:
         try:

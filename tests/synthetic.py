@@ -43,6 +43,29 @@ def add_defect(image: np.ndarray, rng: np.random.Generator, kind: str = "scratch
     return np.asarray(canvas), np.asarray(mask) > 0
 
 
+def thin_line(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A crack one pixel wide at the picture's own resolution: a long, slightly bright diagonal line."""
+    h, w = image.shape[:2]
+    out, mask = image.copy(), np.zeros((h, w), dtype=bool)
+    x0, y0 = rng.integers(w // 4, w // 2), rng.integers(h // 4, h // 2)
+    for t in range(w // 3):
+        y, x = y0 + t // 2, x0 + t
+        out[y, x] = (205, 195, 170)
+        mask[y, x] = True
+    return out, mask
+
+
+def faint_blotch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A large, faint, soft-edged stain: a quarter of the picture's side across, a few grey levels darker."""
+    h, w = image.shape[:2]
+    cy, cx = rng.integers(h // 3, 2 * h // 3), rng.integers(w // 3, 2 * w // 3)
+    r = min(h, w) // 6
+    yy, xx = np.mgrid[0:h, 0:w]
+    weight = np.clip(1.5 - np.hypot(yy - cy, xx - cx) / r, 0, 1)  # flat inside r/2, fading out to 1.5 r
+    out = np.clip(image.astype(np.float32) - 28 * weight[..., None], 0, 255).astype(np.uint8)
+    return out, weight > 0.5
+
+
 def on_defect(amap: np.ndarray, mask: np.ndarray, tolerance: int = 8) -> bool:
     """The map's maximum lies inside the mask (resized to the map) dilated by the pointing-game tolerance."""
     from scipy.ndimage import binary_dilation

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import add_defect, on_defect, texture
+from synthetic import add_defect, faint_blotch, on_defect, texture, thin_line
 from training.calibration import FALSE_ALARM_TARGET, balanced_accuracy_threshold, calibrate, operating_point
 from xai.bundle import load, load_patchcore
 from xai.inspector import Inspector
@@ -240,29 +240,6 @@ def test_a_strangers_detector_settings_are_refused_in_words_not_exceptions():
     stored = PatchCoreConfig().to_dict()
     del stored["keep_aspect"], stored["border_correction"]
     assert PatchCoreConfig.from_dict(stored).border_correction is False  # format 1 had no border factors
-
-
-def thin_line(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A crack one pixel wide at the picture's own resolution: a long, slightly bright diagonal line."""
-    h, w = image.shape[:2]
-    out, mask = image.copy(), np.zeros((h, w), dtype=bool)
-    x0, y0 = rng.integers(w // 4, w // 2), rng.integers(h // 4, h // 2)
-    for t in range(w // 3):
-        y, x = y0 + t // 2, x0 + t
-        out[y, x] = (205, 195, 170)
-        mask[y, x] = True
-    return out, mask
-
-
-def faint_blotch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A large, faint, soft-edged stain: a quarter of the picture's side across, a few grey levels darker."""
-    h, w = image.shape[:2]
-    cy, cx = rng.integers(h // 3, 2 * h // 3), rng.integers(w // 3, 2 * w // 3)
-    r = min(h, w) // 6
-    yy, xx = np.mgrid[0:h, 0:w]
-    weight = np.clip(1.5 - np.hypot(yy - cy, xx - cx) / r, 0, 1)  # flat inside r/2, fading out to 1.5 r
-    out = np.clip(image.astype(np.float32) - 28 * weight[..., None], 0, 255).astype(np.uint8)
-    return out, weight > 0.5
 
 
 @pytest.mark.parametrize("make", [thin_line, faint_blotch],

@@ -112,6 +112,51 @@ def blotch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return out, _changed(image, out)
 
 
+def _shifted(image: np.ndarray, weight: np.ndarray, amount: float) -> tuple[np.ndarray, np.ndarray]:
+    """`image` with `amount` grey levels added where `weight` [H, W] is (0..1), and the mask of changed pixels."""
+    out = np.clip(image.astype(np.float32) + amount * weight[..., None], 0, 255).astype(np.uint8)
+    return out, _changed(image, out)
+
+
+def _strength(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """A signed change in grey levels, log-uniform between `lo` and `hi`: faint and plain defects alike."""
+    return float(rng.choice([-1, 1]) * np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def crack(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A crack: a one-pixel line (at the picture's own resolution), 15-35 % of its shorter side long, 10-80 grey
+    levels darker or brighter than the surface it crosses."""
+    h, w = image.shape[:2]
+    length, angle = rng.uniform(0.15, 0.35) * min(h, w), rng.uniform(0, np.pi)
+    cx, cy = rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h
+    dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
+    line = np.zeros((h, w), np.uint8)
+    cv2.line(line, (round(cx - dx), round(cy - dy)), (round(cx + dx), round(cy + dy)), 1, 1, lineType=cv2.LINE_8)
+    return _shifted(image, line.astype(np.float32), _strength(rng, 10, 80))
+
+
+def spot(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A small spot (a blowhole, a speck): a disc 1-3 % of the shorter side across (at least a pixel), 15-90 grey
+    levels darker or brighter."""
+    h, w = image.shape[:2]
+    disc = np.zeros((h, w), np.uint8)
+    radius = max(1, round(rng.uniform(0.005, 0.015) * min(h, w)))
+    centre = (round(rng.uniform(0.2, 0.8) * w), round(rng.uniform(0.2, 0.8) * h))
+    cv2.circle(disc, centre, radius, 1, -1)
+    return _shifted(image, disc.astype(np.float32), _strength(rng, 15, 90))
+
+
+def faint_area(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """An uneven surface: a large soft-edged area (10-20 % of the shorter side in radius, flat inside half of it)
+    6-30 grey levels darker or brighter."""
+    h, w = image.shape[:2]
+    radius = rng.uniform(0.1, 0.2) * min(h, w)
+    cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
+    yy, xx = np.mgrid[0:h, 0:w]
+    weight = np.clip(1.5 - np.hypot(yy - cy, xx - cx) / radius, 0, 1).astype(np.float32)
+    return _shifted(image, weight, _strength(rng, 6, 30))
+
+
 def photometric_jitter(image: np.ndarray, rng: np.random.Generator, amount: float = 0.1) -> np.ndarray:
     """A nuisance change, not an anomaly: brightness and contrast within `amount` (10 %)."""
     x = image.astype(np.float32)
@@ -137,6 +182,9 @@ def _changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 GENERATORS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]] = {
     "cut_paste": cut_paste, "scar": scar, "perlin": perlin_texture, "blotch": blotch,
 }
+# Subtle defects at the two ends of the size range and between, the evidence a fit chooses its view by
+# (training.choice): GENERATORS' anomalies are plain enough that every view finds them.
+SUBTLE = {"crack": crack, "spot": spot, "faint_area": faint_area}
 
 
 def synthesize(image: np.ndarray, rng: np.random.Generator, kinds: tuple[str, ...] = tuple(GENERATORS),

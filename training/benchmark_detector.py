@@ -36,8 +36,8 @@ from xai.bundle import load
 from xai.inspector import Inspector
 from xai.patchcore import CONFIG_CHOICES, PatchCoreConfig
 
-COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "accuracy", "pointing_game", "border_peaks",
-           "bank_size", "fit_s", "ms_per_image")
+COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "accuracy", "false_alarm_rate", "pointing_game",
+           "border_peaks", "view", "bank_size", "fit_s", "ms_per_image")
 BORDER_PX = 12
 FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 # The plain PatchCore (Roth et al. 2022) on the same trunk with its full bank (no coreset), as overrides of today's
@@ -84,6 +84,8 @@ def benchmark_one(entry: str, layout: str, out: Path, config: PatchCoreConfig,
     report["border_peaks"] = (round(float(np.mean([border_peak(r.anomaly_map) for _, r in defects])), 4)
                               if defects else None)
     report["bank_size"] = int(len(inspector.patchcore.memory_bank))
+    cfg = inspector.patchcore.config  # the view and smoothing the fit chose (or was given)
+    report["view"] = f"{cfg.short_side}{'e' if cfg.enlarge else ''}/{cfg.sigma:g}"
     report["fit_s"] = round(fit_s, 1)
     report["n_good"] = len(dataset.train_good)
     return name, report
@@ -93,7 +95,8 @@ def table(rows: dict[str, dict]) -> str:
     """The figures as a Markdown table, one row per dataset."""
     lines = ["| dataset | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, row in rows.items():
-        cells = [("—" if row.get(c) is None else f"{row[c]:g}") for c in COLUMNS]
+        cells = [("—" if row.get(c) is None else row[c] if isinstance(row[c], str) else f"{row[c]:g}")
+                 for c in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

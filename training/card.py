@@ -23,6 +23,27 @@ def card_data(meta: dict):
                          datasets=[data["name"]] if data.get("name") else None, metrics=names or None)
 
 
+def choice_lines(patchcore: dict) -> list[str]:
+    """The card's section on how the fit chose the detector's view and smoothing (training.choice)."""
+    choice = patchcore.get("choice")
+    if not isinstance(choice, dict):
+        return []
+    lines = ["", "## How the detector's settings were chosen", ""]
+    if "chosen" not in choice:
+        return lines + [f"Not chosen: {html.escape(str(choice.get('skipped', '')))}; the defaults were kept."]
+    chosen = choice["chosen"]
+    lines += [f"Rule: {choice.get('rule', '')}. Evidence: {choice.get('n_good', '?')} held-out good pictures and "
+              f"{choice.get('n_anomalies', '?')} synthetic anomalies made from them, against a bank of "
+              f"{choice.get('n_bank_pictures', '?')} good pictures ({choice.get('seconds', '?')} s).", "",
+              "| view (shorter side) | pictures | model shape | smoothing (px) | separation | AUROC | chosen |",
+              "|---|---|---|---|---|---|---|"]
+    for c in choice.get("candidates", []):
+        mark = "**yes**" if all(c.get(k) == v for k, v in chosen.items()) else ""
+        lines.append(f"| {c.get('short_side')} | {'enlarged' if c.get('enlarge') else 'own pixels'} | "
+                     f"{c.get('shape')} | {c.get('sigma')} | {c.get('separation')} | {c.get('auroc')} | {mark} |")
+    return lines
+
+
 def render_card(meta: dict) -> str:
     """Markdown card: what the bundle is, its data and licence, its threshold rule and its measured metrics."""
     category = html.escape(str(meta.get("category", "?")))  # a visitor names their part: text, never markup
@@ -38,6 +59,7 @@ def render_card(meta: dict) -> str:
         parts.append(f"- **{name}**: threshold {comp.get('threshold', float('nan')):.4f} "
                      f"({comp.get('threshold_rule', '')}); fitted on {fit.get('n_images', '?')} images, "
                      f"memory bank {fit.get('bank_size', '?')} patches.")
+    parts += choice_lines(comps.get("patchcore", {}))
     cal = comps.get("patchcore", {}).get("calibration", {})
     if "synthetic" in cal:
         syn = cal["synthetic"]

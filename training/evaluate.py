@@ -78,6 +78,11 @@ def evaluate_patchcore(inspector: Inspector, dataset: Dataset, results: list) ->
     scores = np.array([r.scores["patchcore"] for r in results])
     report = binary_report(labels, scores, inspector.thresholds["patchcore"])
     report["f1_max"] = f1_max(labels, scores)
+    # what the stored threshold does on the test split, against what its calibration promised (bundle.json)
+    report["false_alarm_rate"] = float((scores[~labels] > inspector.thresholds["patchcore"]).mean()) \
+        if (~labels).any() else None
+    report["detection_rate"] = float((scores[labels] > inspector.thresholds["patchcore"]).mean()) \
+        if labels.any() else None
     report["ms_per_image"] = _ms(results, PATCHCORE_PARTS)
     report["threshold"] = inspector.thresholds["patchcore"]
     masks = None

@@ -28,6 +28,7 @@ from training.anomalies import nuisance_copy, synthesize
 from training.bundle_meta import describe
 from training.calibration import calibrate, synthetic_per_image
 from training.card import write_card
+from training.choice import choose_settings
 from training.cli import progress, relative_name, run, training_parser
 from training.data import DataError, Dataset, Sample, input_size_for, list_images, load_dataset
 from training.features import image_batches
@@ -261,7 +262,6 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
         raise DataError(f"{dataset.root} has no good training images to fit the detector on.")
     plan = calibration_plan(len(good), config.calibration_fraction, config.seed)
     trunk = trunk or create_trunk(config.trunk)
-    model = PatchCore(config)
     clock = time.perf_counter()
     timings = {}
 
@@ -269,6 +269,11 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
         nonlocal clock
         timings[name], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
 
+    choice = None
+    if config.choose:
+        config, choice = choose_settings(config, trunk, good)
+        lap("choice_s")
+    model = PatchCore(config)
     thumbs = out / RETRIEVAL_DIR
     thumbs.mkdir(parents=True, exist_ok=True)
     embedded = embed_pictures(model, trunk, good, batch_size, set(plan.held),
@@ -295,6 +300,7 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
         "bank_images": [names[i] for i in plan.bank],
         "border_scale": [round(float(f), 4) for f in model.border_scale],
         "fit": {**facts, **timings},
+        "choice": choice,
         "score_model": score_model.to_meta() if score_model else None,
     }
     if score_model is not None:
@@ -310,6 +316,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = training_parser("python -m training.fit_patchcore", __doc__)
     parser.add_argument("--short-side", type=int, default=defaults.short_side,
                         help="the detector's view: each picture's shorter side in model pixels (default: %(default)s)")
+    parser.add_argument("--choose", action="store_true",
+                        help="choose the view and smoothing per part from the fit's own evidence (training.choice)")
     parser.add_argument("--coreset-ratio", type=float, default=defaults.coreset_ratio)
     parser.add_argument("--max-bank-size", type=int, default=defaults.max_bank_size)
     parser.add_argument("--index", choices=CONFIG_CHOICES["index"], default=defaults.index)
@@ -324,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     dataset = load_dataset(args.layout, args.data, args.test_fraction, args.seed)
     config = PatchCoreConfig(input_size=args.input_size or input_size_for(args.layout, Path(args.out)),
-                             short_side=args.short_side, coreset_ratio=args.coreset_ratio,
+                             short_side=args.short_side, choose=args.choose,
+                             coreset_ratio=args.coreset_ratio,
                              max_bank_size=args.max_bank_size, index=args.index, seed=args.seed)
     start = time.perf_counter()
     info = fit(dataset, Path(args.out), config, args.batch_size, args.category, defects=defect_samples(args.defects))

@@ -48,7 +48,8 @@ CONFIG_CHOICES = {  # PatchCoreConfig's words a bundle may carry
     "index": ("auto", "flat", "ivf", "hnsw"), "sampler": ("coreset", "random"), "downsample": ("avg", "max"),
     "part_scaling": ("norm", "none"),
 }
-CONFIG_FLAGS = ("keep_aspect", "refine", "border_correction")  # PatchCoreConfig's true-or-false fields
+# PatchCoreConfig's true-or-false fields
+CONFIG_FLAGS = ("keep_aspect", "refine", "border_correction", "enlarge", "choose")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class PatchCoreConfig:
     trunk: str = "efficientnet_lite0"
     input_size: int = 224  # the bundle's input side: the square the picture is squashed to when keep_aspect is off
     short_side: int = 320  # the detector's view: the picture's shorter side in model pixels (keep_aspect on)
+    enlarge: bool = True  # a picture whose shorter side is below the view is enlarged to it; off: kept at its pixels
     layers: tuple[int, ...] = (1, 2, 4)  # trunk stages at stride 4, 8 and 16
     feature_stride: int = 8  # the patch grid: every layer is resampled to the stride-8 grid
     aggregation: int = 3  # local neighbourhood (3x3 average) that gives each patch context
@@ -74,6 +76,7 @@ class PatchCoreConfig:
     refine: bool = True  # each picture's farthest patches searched again with more probes (see REFINE_SHARE)
     part_scaling: str = "norm"  # "norm": each part over its mean patch norm (fit_layer_scales); "none": raw parts
     border_correction: bool = True  # border rings' scores scaled to the interior's level (fit_border_scale)
+    choose: bool = False  # on: the fit chooses the view and smoothing per part from its own evidence (training.choice)
     seed: int = 0
     calibration_fraction: float = 0.1  # good images held out of the bank to calibrate the threshold
     keep_aspect: bool = True  # process the picture on a grid of its own aspect instead of squashing it square
@@ -99,6 +102,8 @@ class PatchCoreConfig:
         data.setdefault("ivf_probes", IVF_PROBES_BEFORE)
         data.setdefault("downsample", "avg")  # before: the stride-4 stage was averaged onto the patch grid
         data.setdefault("refine", False)
+        data.setdefault("enlarge", True)  # before round 4 every picture was brought to the view, small ones enlarged
+        data.setdefault("choose", False)
         data["layers"] = tuple(data.get("layers", cls.layers))
         return cls(**data)
 
@@ -251,11 +256,15 @@ class PatchCore(nn.Module):
     def input_shape(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) in model pixels for a picture of `width` x `height`: the shorter side at short_side and
         the longer one in proportion (at most max_side), both multiples of the trunk's stride so that every stage
-        lines up with the patch grid exactly (no padding); square (input_size) when keep_aspect is off."""
+        lines up with the patch grid exactly (no padding); square (input_size) when keep_aspect is off. Without
+        `enlarge`, a picture smaller than the view keeps its own pixels (at least MIN_SIDE): enlarging adds no
+        information, and pictures of many sizes then share one pixel scale."""
         cfg, s = self.config, TRUNK_STRIDE
         if not cfg.keep_aspect:
             return cfg.input_size, cfg.input_size
         scale = min(cfg.short_side / min(width, height), cfg.max_side / max(width, height))
+        if not cfg.enlarge and scale >= 1.0:
+            return tuple(max(MIN_SIDE, max(1, side // s) * s) for side in (height, width))
         h, w = (max(MIN_SIDE, round(side * scale / s) * s) for side in (height, width))
         return h, w
 
