@@ -32,15 +32,17 @@ def choice_lines(patchcore: dict) -> list[str]:
     if "chosen" not in choice:
         return lines + [f"Not chosen: {html.escape(str(choice.get('skipped', '')))}; the defaults were kept."]
     chosen = choice["chosen"]
-    lines += [f"Rule: {choice.get('rule', '')}. Evidence: {choice.get('n_good', '?')} held-out good pictures and "
+    rule = html.escape(str(choice.get("rule", "")))
+    lines += [f"Rule: {rule}. Evidence: {choice.get('n_good', '?')} held-out good pictures and "
               f"{choice.get('n_anomalies', '?')} synthetic anomalies made from them, against a bank of "
               f"{choice.get('n_bank_pictures', '?')} good pictures ({choice.get('seconds', '?')} s).", "",
               "| view (shorter side) | pictures | model shape | smoothing (px) | separation | AUROC | chosen |",
               "|---|---|---|---|---|---|---|"]
     for c in choice.get("candidates", []):
         mark = "**yes**" if all(c.get(k) == v for k, v in chosen.items()) else ""
-        lines.append(f"| {c.get('short_side')} | {'enlarged' if c.get('enlarge') else 'own pixels'} | "
-                     f"{c.get('shape')} | {c.get('sigma')} | {c.get('separation')} | {c.get('auroc')} | {mark} |")
+        cells = [c.get("short_side"), "enlarged" if c.get("enlarge") else "own pixels", c.get("shape"), c.get("sigma"),
+                 c.get("separation"), c.get("auroc")]  # a stranger's bundle.json: text, never markup
+        lines.append("| " + " | ".join(html.escape(str(cell)) for cell in cells) + f" | {mark} |")
     return lines
 
 

@@ -28,6 +28,7 @@ from training.anomalies import SUBTLE
 from training.cli import load_sample_image, progress
 from training.data import Sample
 from xai.backbone import TRUNKS, Trunk, normalise, resize_rgb
+from xai.metrics import auroc
 from xai.patchcore import PatchCore, PatchCoreConfig, build_index
 
 
@@ -89,27 +90,6 @@ def decide(good: np.ndarray, anomalies: np.ndarray, default: int, seed: int = 0)
     return (max(passing, key=lambda i: full[i]) if passing else default), better
 
 
-def auroc(good: np.ndarray, anomalies: np.ndarray) -> float:
-    """Share of (good, anomaly) pairs the anomaly scores above (ties count half)."""
-    good, anomalies = np.asarray(good, float)[:, None], np.asarray(anomalies, float)[None, :]
-    return float((anomalies > good).mean() + 0.5 * (anomalies == good).mean())
-
-
-def _embeddings(model: PatchCore, trunk: Trunk, arrays: list[np.ndarray]) -> list[list[torch.Tensor]]:
-    """Raw parts [1, C, h, w] of each uint8 picture (already at its model shape), one trunk pass each."""
-    spec = TRUNKS[model.config.trunk]
-    with torch.no_grad():
-        out = []
-        for array in arrays:
-            x = normalise(array[None], spec.mean, spec.std)
-            out.append(model.embed_parts(model.stage_outputs(trunk, x), x))
-    return out
-
-
-def _scaled(model: PatchCore, parts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([part / scale for part, scale in zip(parts, model.layer_scales)], dim=1)
-
-
 def _view_scores(config: PatchCoreConfig, view: View, trunk: Trunk, bank: list, probe: list, anomalies: list,
                  seed: int) -> tuple[dict[float, tuple[list[float], list[float]]], str]:
     """Image scores of the probe and anomaly pictures for every smoothing at `view`, and the view's typical shape.
@@ -121,16 +101,22 @@ def _view_scores(config: PatchCoreConfig, view: View, trunk: Trunk, bank: list, 
     def at_view(items: list) -> list[np.ndarray]:
         return [resize_rgb(Image.fromarray(array), model.input_shape(w, h)) for w, h, array in items]
 
-    bank_parts = _embeddings(model, trunk, at_view(bank))
-    model.fit_layer_scales([torch.cat([p[k].permute(0, 2, 3, 1).reshape(-1, p[k].shape[1]) for p in bank_parts])
-                            for k in range(config.n_parts)])
-    patches = np.concatenate([PatchCore.flatten(_scaled(model, p)) for p in bank_parts])
+    spec = TRUNKS[config.trunk]
+    with torch.no_grad():
+        bank_parts = []  # raw parts, per picture: the layer scales are fitted on the bank before anything is scaled
+        for array in at_view(bank):
+            x = normalise(array[None], spec.mean, spec.std)
+            bank_parts.append(model.embed_parts(model.stage_outputs(trunk, x), x))
+        model.fit_layer_scales([torch.cat([p[k].permute(0, 2, 3, 1).reshape(-1, p[k].shape[1]) for p in bank_parts])
+                                for k in range(config.n_parts)])
+        patches = np.concatenate([PatchCore.flatten(model.scale_parts(p)) for p in bank_parts])
     if len(patches) > BANK_PATCHES:
         patches = patches[np.sort(np.random.default_rng(seed).choice(len(patches), BANK_PATCHES, replace=False))]
     model.memory_bank = torch.from_numpy(np.ascontiguousarray(patches))
     model.index = build_index(patches, config.index, config.ivf_probes)
-    good = [model.nearest_distances(_scaled(model, p)) for p in _embeddings(model, trunk, at_view(probe))]
-    bad = [model.nearest_distances(_scaled(model, p)) for p in _embeddings(model, trunk, at_view(anomalies))]
+    with torch.no_grad():
+        good, bad = ([model.nearest_distances(model.embed_image(trunk, normalise(a[None], spec.mean, spec.std)))
+                      for a in at_view(items)] for items in (probe, anomalies))
     model.fit_border_scale(good)
     scores = {}
     for sigma in SIGMAS:
@@ -153,7 +139,7 @@ def choose_settings(config: PatchCoreConfig, trunk: Trunk, good: list[Sample]) -
     if n_probe < 2:
         return config, {"rule": RULE, "skipped": f"{len(good)} good pictures: too few to hold some out of a bank"}
     # every picture once at its reference resolution: its own pixels, at most the largest view
-    reference = PatchCore(replace(config, short_side=max(v.short_side for v in VIEWS), enlarge=False))
+    reference = PatchCore(replace(costliest(config), enlarge=False))
 
     def decoded(i: int) -> tuple[int, int, np.ndarray]:
         image = load_sample_image(good[i])
@@ -163,21 +149,24 @@ def choose_settings(config: PatchCoreConfig, trunk: Trunk, good: list[Sample]) -
     probe = [decoded(i) for i in probe_ids]
     anomalies = [(w, h, make(array, rng)[0]) for w, h, array in probe
                  for _ in range(DEFECT_ROUNDS) for make in SUBTLE.values()]
+
     def shapes(view: View) -> tuple:
         return tuple(PatchCore(replace(config, short_side=view.short_side, enlarge=view.enlarge)).input_shape(w, h)
                      for w, h, _ in bank + probe)
 
     candidates, good_scores, defect_scores, seen = [], [], [], {}
     for view in progress(VIEWS, "choosing the view", unit="view"):
-        if shapes(view) in seen:  # the same model shapes as an earlier view for every picture: nothing new to learn
+        key = shapes(view)
+        if key in seen:  # the same model shapes as an earlier view for every picture: nothing new to learn
             continue
-        seen[shapes(view)] = view
+        seen[key] = view
         scores, shape = _view_scores(config, view, trunk, bank, probe, anomalies, config.seed)
         for sigma, (good_view, bad_view) in scores.items():
             candidates.append({"short_side": view.short_side, "enlarge": view.enlarge, "sigma": sigma,
                                "view": view.label, "shape": shape,
                                "separation": round(float(separation(good_view, bad_view)), 4),
-                               "auroc": round(auroc(good_view, bad_view), 4)})
+                               "auroc": round(auroc([False] * len(good_view) + [True] * len(bad_view),
+                                                    good_view + bad_view), 4)})
             good_scores.append(good_view)
             defect_scores.append(bad_view)
     default_view = seen[shapes(DEFAULT_VIEW)]

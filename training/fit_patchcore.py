@@ -160,7 +160,7 @@ def build_bank(model: PatchCore, embedded: Embedded, plan: CalibrationPlan) -> t
     features; returns every picture's scaled patch rows (calibration scores them again) and the bank's facts."""
     in_bank = np.isin(embedded.sources[:, 0], plan.bank)
     model.fit_layer_scales([r[torch.from_numpy(in_bank)] for r in embedded.rows])
-    patches = torch.cat([r / s for r, s in zip(embedded.rows, model.layer_scales)], dim=1).numpy()
+    patches = model.scale_parts(embedded.rows).numpy()
     embedded.rows.clear()
     model.set_image_features([m[plan.bank] for m in embedded.means])
     bank_sources = embedded.sources[in_bank].copy()

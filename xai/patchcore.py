@@ -304,7 +304,10 @@ class PatchCore(nn.Module):
 
     def embed(self, stage_outputs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Patch embeddings [B, D, h/8, w/8] of the batch `x`: every part divided by its fitted scale, concatenated."""
-        parts = self.embed_parts(stage_outputs, x)
+        return self.scale_parts(self.embed_parts(stage_outputs, x))
+
+    def scale_parts(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Raw parts (per-part maps [B, C_l, h, w] or rows [N, C_l]) each over its fitted scale, concatenated."""
         return torch.cat([part / scale for part, scale in zip(parts, self.layer_scales)], dim=1)
 
     def embed_image(self, trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -322,7 +325,7 @@ class PatchCore(nn.Module):
     def set_image_features(self, means: list[torch.Tensor]) -> None:
         """The bank pictures' mean patch embeddings (the retrieval trace's nearest images), from each part's raw
         per-picture means [n, C_l], scaled as the patches are."""
-        self.image_features = torch.cat([m / s for m, s in zip(means, self.layer_scales)], dim=1)
+        self.image_features = self.scale_parts(means)
 
     @staticmethod
     def flatten(embedding: torch.Tensor) -> np.ndarray:
