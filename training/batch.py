@@ -115,7 +115,7 @@ def read_picture(path: str) -> Image.Image:
 
 # -- rows ---------------------------------------------------------------------------------------------------
 def columns(components: Sequence[str], labelled: bool) -> list[str]:
-    """The results' columns (DESIGN.md's contract), with `truth` and `truth_is_defect` when the layout has them."""
+    """The results' columns (docs/contracts.md), with `truth` and `truth_is_defect` when the layout has them."""
     return (["path", "width", "height", "label", "is_defect", "score", "threshold", "component"]
             + [f"score_{c}" for c in components] + ["ms", "error"] + (["truth", "truth_is_defect"] if labelled else []))
 

@@ -1,4 +1,4 @@
-"""Dataset layouts of DESIGN.md (mvtec, imagefolder, elpv) as lists of samples, with deterministic splits."""
+"""Dataset layouts of docs/contracts.md (mvtec, imagefolder, elpv) as lists of samples, with deterministic splits."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import f1_score
 
-# the per-method keys of `training.evaluate_explanations` (DESIGN.md contract), in table order
+# the per-method keys of `training.evaluate_explanations` (docs/contracts.md), in table order
 EXPLANATION_METRICS = ("pointing_game", "energy_in_mask", "heatmap_auroc", "deletion_auc", "insertion_auc",
                        "randomization_similarity", "ms")
 
