@@ -79,12 +79,12 @@ def test_threshold_follows_the_documented_rule(texture_bundle):
 
 def test_good_quantile_rule_gives_its_operating_point():
     rng = np.random.default_rng(0)
-    good, synthetic = rng.lognormal(0.0, 0.3, 2000), rng.lognormal(0.8, 0.3, 2000)  # right-skewed, like real scores
+    good, synthetic = rng.gumbel(1.0, 0.3, 2000), rng.gumbel(2.5, 0.3, 2000)  # maxima: right-skewed, like real scores
     evidence = calibrate(good, synthetic)
     assert evidence["false_alarm_rate"] == pytest.approx(FALSE_ALARM_TARGET, abs=0.01)
-    fresh = rng.lognormal(0.0, 0.3, 20000)  # the documented rate holds on good pictures never seen
+    fresh = rng.gumbel(1.0, 0.3, 20000)  # the documented rate holds on good pictures never seen
     assert np.mean(fresh > evidence["threshold"]) == pytest.approx(FALSE_ALARM_TARGET, abs=0.01)
-    few = [np.mean(fresh > calibrate(rng.lognormal(0.0, 0.3, 5), synthetic)["threshold"]) for _ in range(200)]
+    few = [np.mean(fresh > calibrate(rng.gumbel(1.0, 0.3, 5), synthetic)["threshold"]) for _ in range(200)]
     assert 0.02 < np.median(few) < 0.12  # and roughly so from 5 held-out pictures
     assert evidence["synthetic"]["detection_rate"] == pytest.approx(np.mean(synthetic > evidence["threshold"]))
     # mean + 3 sd (the rule of #2) sits far above the 95 % point on skewed scores

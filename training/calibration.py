@@ -1,11 +1,10 @@
 """The detector's decision threshold from data, without real defects.
 
 Good pictures the memory bank never saw are scored, and so are synthetic anomalies made from them
-(`training.anomalies`, whose masks are exact). The threshold is the (1 - FALSE_ALARM_TARGET) quantile of a
-log-normal fitted to the good scores: about 5 % false alarms, an operating point a quality engineer can state,
-whatever the product. Scores are positive and right-skewed, and the fitted quantile holds with few held-out
-pictures where the sample quantile cannot (of 3 held-out bottle pictures, it flagged a median 14 % of the other
-good ones, against 24 % for the sample quantile). The synthetic anomalies check it: their detection rate (and
+(`training.anomalies`, whose masks are exact). The threshold is the (1 - FALSE_ALARM_TARGET) quantile of the
+extreme-value model fitted to the good scores (`xai.false_alarms`): about 5 % false alarms, an operating point a
+quality engineer can state, whatever the product. A fitted quantile holds with few held-out pictures where the
+sample quantile cannot. The synthetic anomalies check it: their detection rate (and
 the map's pointing game on them) at that threshold is stored beside it. They do not set it: on the dev sets they
 were easier than real defects, and the threshold that best separated them from good pictures (balanced
 accuracy) sat above half of ELPV's real defective cells (F1 0.61 where the best threshold gave 0.74; this rule
@@ -17,8 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from xai.false_alarms import threshold_for
+
 FALSE_ALARM_TARGET = 0.05
-RULE_GOOD = (f"{1 - FALSE_ALARM_TARGET:.0%} quantile of a log-normal fitted to held-out good pictures' scores "
+RULE_GOOD = (f"{1 - FALSE_ALARM_TARGET:.0%} quantile of a Gumbel (extreme-value) model fitted to held-out good "
+             "pictures' scores "
              f"(about {FALSE_ALARM_TARGET:.0%} false alarms), checked on synthetic anomalies made from them")
 RULE_REAL = ("maximum balanced accuracy between held-out good pictures and real defective pictures "
              "(ties: the lowest threshold, i.e. the highest good score)")
@@ -30,15 +32,6 @@ MAX_SYNTHETIC = 128  # ... down to 1 each past this many: they check the thresho
 def synthetic_per_image(n_pictures: int) -> int:
     """How many synthetic anomalies to make from each of `n_pictures` held-out good pictures."""
     return max(1, min(SYNTHETIC_PER_IMAGE, MAX_SYNTHETIC // max(1, n_pictures)))
-
-
-def lognormal_quantile(scores: np.ndarray, q: float) -> float:
-    """The q quantile of a log-normal fitted (mean and sample spread of the logs) to positive `scores`."""
-    from scipy.stats import norm
-
-    logs = np.log(np.maximum(np.asarray(scores, float), 1e-12))
-    spread = logs.std(ddof=1) if len(logs) > 1 else 0.0
-    return float(np.exp(logs.mean() + norm.ppf(q) * spread))
 
 
 def balanced_accuracy_threshold(good: np.ndarray, defect: np.ndarray) -> float:
@@ -60,12 +53,12 @@ def operating_point(good: np.ndarray, defect: np.ndarray, threshold: float) -> d
 
 
 def leave_one_out_false_alarms(good: np.ndarray) -> float | None:
-    """The share of held-out good scores above the log-normal threshold fitted to the *other* ones: the false-alarm
+    """The share of held-out good scores above the threshold fitted to the *other* ones: the false-alarm
     rate on good pictures that neither the bank nor the threshold saw (None with fewer than 3 scores)."""
     good = np.asarray(good, float)
     if len(good) < 3:
         return None
-    alarms = [good[i] > lognormal_quantile(np.delete(good, i), 1 - FALSE_ALARM_TARGET) for i in range(len(good))]
+    alarms = [good[i] > threshold_for(np.delete(good, i), FALSE_ALARM_TARGET) for i in range(len(good))]
     return round(float(np.mean(alarms)), 4)
 
 
@@ -78,7 +71,7 @@ def calibrate(good: np.ndarray, synthetic: np.ndarray, real: np.ndarray | None =
     if use_real:
         threshold = balanced_accuracy_threshold(good, real)
     else:
-        threshold = lognormal_quantile(good, 1 - FALSE_ALARM_TARGET)
+        threshold = threshold_for(good, FALSE_ALARM_TARGET)
     evidence = {
         "threshold": threshold,
         "threshold_rule": RULE_REAL if use_real else RULE_GOOD,

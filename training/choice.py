@@ -9,7 +9,7 @@ small spot and a large faint area, each from faint to plain (`training.anomalies
 the same defects; candidates of one view share its trunk pass and its bank, and the smoothing is free.
 
 A candidate's separation is the mean, over the defects, of the probability that a good picture scores below
-them under the log-normal fitted to the held-out good scores (the model the threshold uses); it goes on rising
+them under the model fitted to the held-out good scores (`xai.false_alarms`, the threshold's); it goes on rising
 where an AUROC would already be 1. The default (DEFAULT_VIEW, DEFAULT_SIGMA: round three's, measured on every
 dev set) stays unless another candidate separates better with CONFIDENCE over a bootstrap of the held-out
 pictures (each with its own defects): the evidence is a few dozen pictures, and a view is not changed on noise.
@@ -28,6 +28,7 @@ from training.anomalies import SUBTLE
 from training.cli import load_sample_image, progress
 from training.data import Sample
 from xai.backbone import TRUNKS, Trunk, normalise, resize_rgb
+from xai.false_alarms import share_below
 from xai.metrics import auroc
 from xai.patchcore import PatchCore, PatchCoreConfig, build_index
 
@@ -55,7 +56,7 @@ BANK_PICTURES = 24  # ... against a bank of every patch of this many good pictur
 BANK_PATCHES = 40_000  # ... (a seeded sample of them beyond this many)
 DEFECT_ROUNDS = 2  # each held-out picture gets this many of each subtle defect
 RULE = ("the view and smoothing that best separate subtle synthetic defects from held-out good pictures (mean "
-        "probability that a good picture scores below each defect, under a log-normal fitted to the good scores); "
+        "probability that a good picture scores below each defect, under the threshold's model of the good scores); "
         f"the default ({DEFAULT_VIEW.short_side} px, smaller pictures enlarged, smoothing {DEFAULT_SIGMA:g}) is kept "
         f"unless another separates better in {CONFIDENCE:.0%} of {BOOTSTRAP} bootstrap resamples of the held-out "
         "pictures")
@@ -67,14 +68,9 @@ def costliest(config: PatchCoreConfig) -> PatchCoreConfig:
 
 
 def separation(good: np.ndarray, anomalies: np.ndarray) -> np.ndarray:
-    """Mean over the last axis of `anomalies` of the log-normal CDF fitted to `good` along its last axis (see the
-    module docstring); leading axes (bootstrap resamples) are kept, a float for 1-D inputs."""
-    from scipy.stats import norm
-
-    logs = np.log(np.maximum(np.asarray(good, float), 1e-12))
-    spread = np.maximum(logs.std(axis=-1, ddof=1, keepdims=True) if logs.shape[-1] > 1 else 0.0, 1e-6)
-    z = (np.log(np.maximum(np.asarray(anomalies, float), 1e-12)) - logs.mean(axis=-1, keepdims=True)) / spread
-    return norm.cdf(z).mean(axis=-1)
+    """Mean over the last axis of `anomalies` of the modelled share of `good` (last axis) scoring below them (see
+    the module docstring); leading axes (bootstrap resamples) are kept, a float for 1-D inputs."""
+    return share_below(good, anomalies).mean(axis=-1)
 
 
 def decide(good: np.ndarray, anomalies: np.ndarray, default: int, seed: int = 0) -> tuple[int, np.ndarray]:

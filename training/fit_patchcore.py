@@ -316,8 +316,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = training_parser("python -m training.fit_patchcore", __doc__)
     parser.add_argument("--short-side", type=int, default=defaults.short_side,
                         help="the detector's view: each picture's shorter side in model pixels (default: %(default)s)")
-    parser.add_argument("--choose", action="store_true",
-                        help="choose the view and smoothing per part from the fit's own evidence (training.choice)")
+    parser.add_argument("--choose", action=argparse.BooleanOptionalAction, default=True,
+                        help="choose the view and smoothing per part from the fit's own evidence (training.choice; "
+                        "--no-choose: the default view and smoothing)")
     parser.add_argument("--coreset-ratio", type=float, default=defaults.coreset_ratio)
     parser.add_argument("--max-bank-size", type=int, default=defaults.max_bank_size)
     parser.add_argument("--index", choices=CONFIG_CHOICES["index"], default=defaults.index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,22 @@ from xai.bundle import RETRIEVAL_DIR, Bundle, BundleError, load, load_head, load
 from xai.fusion import fuse_conv_bn
 from xai.heads import HEAD_INPUT_STAGE
 from xai.io import ImageInputError, ImageSource, load_image
+from xai.reviews import (
+    MAX_REVIEWS,
+    Review,
+    ReviewError,
+    Reviews,
+    check_sensitivity,
+    check_verdict,
+    covering_rows,
+    flagged_share,
+    in_words,
+    new_review,
+    read_reviews,
+    rows_cap,
+    sensitivity_threshold,
+    write_reviews,
+)
 
 
 @dataclass
@@ -32,8 +49,12 @@ class Detection:
     image_size: tuple[int, int]
     class_probabilities: dict[str, dict[str, float]] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    sensitivity: dict | None = None  # the detector's run-time sensitivity (Inspector.sensitivity), when it has one
 
     def to_json(self) -> dict:
+        return {**self._fields(), "sensitivity": self.sensitivity}
+
+    def _fields(self) -> dict:
         return {
             "label": self.label, "is_defect": self.is_defect, "score": round(self.score, 6),
             "threshold": round(self.threshold, 6), "decided_by": self.decided_by,
@@ -100,6 +121,13 @@ class Inspector:
         self.normal_index = self.labels.index(normal) if normal in self.labels else None
         self.thresholds = {c: float(meta["components"][c]["threshold"]) for c in comps}
         self._context = None
+        self._reviewing = threading.Lock()  # one review of this category at a time
+        self.reviews, self._sensitivity = Reviews(), None
+        if self.patchcore is not None:
+            self.reviews = read_reviews(meta, bundle.path)
+            if self.reviews.n_rows:
+                self.patchcore.extend_index(self.reviews.rows)
+            self._apply_sensitivity()
 
     def explain_context(self):
         """What the explainers need from this bundle (built once, cached on the inspector)."""
@@ -259,7 +287,7 @@ class Inspector:
             label, is_defect = self._verdict(scores[k], probabilities[k])
             detections.append(Detection(label, is_defect, scores[k].get(self.decision, float("nan")),
                                         self.threshold, self.decision, scores[k], self.thresholds, maps[k],
-                                        item.image.size, probabilities[k], timings))
+                                        item.image.size, probabilities[k], timings, self._sensitivity))
         return detections
 
     def _shares_trunk(self, x: torch.Tensor) -> bool:
@@ -277,3 +305,115 @@ class Inspector:
         normal = self.labels[self.normal_index] if self.normal_index is not None else "good"
         defect = next((lbl for lbl in self.labels if lbl != normal), "defect") if len(self.labels) == 2 else "defect"
         return (defect if is_defect else normal), is_defect
+
+    # -- reviews and sensitivity (xai.reviews) ---------------------------------------------------
+    @property
+    def fitted_threshold(self) -> float:
+        """The detector's threshold as its fit stored it."""
+        return float(self.bundle.meta["components"]["patchcore"]["threshold"])
+
+    def good_scores(self) -> list[float]:
+        """Scores of good pictures the bank had not seen: the fit's held-out ones and those reviewed good."""
+        stored = self.bundle.meta["components"]["patchcore"].get("calibration", {}).get("good_scores", [])
+        return [float(s) for s in stored if isinstance(s, (int, float))] + self.reviews.good_scores()
+
+    def sensitivity(self) -> dict | None:
+        """The detector's operating point: the share of good parts its threshold flags (modelled), in words, and
+        whether a user set it; None without a detector."""
+        return self._sensitivity
+
+    def set_sensitivity(self, share: float | None) -> dict:
+        """Flag `share` of good parts from now on (None: back to the fit's threshold); not saved until
+        `save_reviews`."""
+        self._need_detector()
+        with self._reviewing:
+            self.reviews.sensitivity = None if share is None else check_sensitivity(share)
+            self._apply_sensitivity()
+        return self._sensitivity
+
+    def review(self, source: ImageSource, verdict: str, name: str | None = None) -> Review:
+        """Learn from one reviewed picture without a refit: "good" adds the patches that cover it to the bank,
+        "defect" keeps it as labelled evidence (xai.reviews). Not saved until `save_reviews`."""
+        check_verdict(verdict)
+        self._need_detector()
+        image = load_image(source)
+        with self._reviewing:
+            if len(self.reviews.entries) >= MAX_REVIEWS:
+                raise ReviewError(f"This category keeps {MAX_REVIEWS} reviews at most; undo some, or refit it.")
+            x = self.model_input(image, "patchcore")
+            before = self.detect(image).scores["patchcore"]
+            added = np.zeros((0, self.patchcore.memory_bank.shape[1]), np.float32)
+            if verdict == "good":
+                added = self._covering(x)
+                cap = rows_cap(len(self.patchcore.memory_bank))
+                if self.reviews.n_rows + len(added) > cap:
+                    raise ReviewError(
+                        f"This category's bank has taken {self.reviews.n_rows:,} patches from reviewed pictures and "
+                        f"this one needs {len(added):,} more; it holds {cap:,} at most. Refit the category with "
+                        "the pictures reviewed good among its good pictures, or undo some reviews.")
+                if len(added):
+                    self.patchcore.extend_index(added)
+            after = self.detect(image).scores["patchcore"] if len(added) else before
+            entry = new_review(verdict, before, after, self.thresholds["patchcore"], len(added), image.size, name)
+            rows = added if self.reviews.rows is None else np.concatenate([self.reviews.rows, added])
+            self.reviews = Reviews([*self.reviews.entries, entry], rows if len(rows) else None,
+                                   self.reviews.sensitivity)
+            self._apply_sensitivity()
+        return entry
+
+    def undo_review(self, review_id: str) -> Review:
+        """Forget review `review_id`: the index is rebuilt from the fitted bank and the other reviews' rows, so
+        every score is exactly what it was without it."""
+        self._need_detector()
+        if not isinstance(review_id, str):
+            raise ReviewError("The review id must be the feedback_id a review returned.")
+        with self._reviewing:
+            rest, entry = self.reviews.without(self.reviews.find(review_id))
+            if entry.rows:
+                self.patchcore.rebuild_index(rest.rows)
+            self.reviews = rest
+            self._apply_sensitivity()
+        return entry
+
+    def save_reviews(self) -> None:
+        """Write the reviews and the sensitivity into the bundle's folder (and its loaded bundle.json)."""
+        self._need_detector()
+        with self._reviewing:
+            cap = rows_cap(len(self.patchcore.memory_bank))
+            write_reviews(self.bundle.path, self.reviews, cap)
+            self.bundle.meta["components"]["patchcore"]["reviews"] = self.reviews.to_meta(cap)
+
+    def _need_detector(self) -> None:
+        if self.patchcore is None:
+            raise ReviewError(f"{self.bundle.category} has no anomaly detector: reviews teach the detector's bank.")
+
+    def _covering(self, x: torch.Tensor) -> np.ndarray:
+        """The rows of the picture `x` that bring it to a typical good picture's score (xai.reviews)."""
+        from xai.patchcore import border_factors
+
+        pc = self.patchcore
+        with torch.no_grad():
+            embedding = pc.embed_image(self.trunk, x)
+        distances = pc.nearest_distances(embedding)[0]
+        factors = border_factors(pc.border_scale, tuple(distances.shape)).flatten().numpy()
+        good = self.good_scores()
+        target = float(np.median(good)) if good else 0.5 * self.thresholds["patchcore"]
+        rows = pc.flatten(embedding)
+        return rows[covering_rows(rows, distances.flatten().numpy(), factors, target)]
+
+    def _apply_sensitivity(self) -> None:
+        """The detector's threshold from the sensitivity (or the fit's), and the summary /detect and /info show."""
+        good = self.good_scores()
+        share = self.reviews.sensitivity
+        threshold = self.fitted_threshold if share is None else sensitivity_threshold(good, share)
+        self.thresholds = {**self.thresholds, "patchcore": threshold}
+        flagged = flagged_share(good, threshold) if share is None else share
+        defects = [e for e in self.reviews.entries if e.verdict == "defect"]
+        self._sensitivity = {
+            "share": None if flagged is None else round(flagged, 4), "in_words": in_words(flagged),
+            "set_by": "fit" if share is None else "user", "threshold": round(threshold, 6),
+            "fitted_threshold": round(self.fitted_threshold, 6), "good_scores": len(good),
+            "reviewed_good": len(self.reviews.good_scores()), "reviewed_defects": len(defects),
+            "reviewed_defects_flagged": sum(e.score_before > threshold for e in defects),
+            "bank_rows_added": self.reviews.n_rows,
+        }

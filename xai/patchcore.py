@@ -76,7 +76,7 @@ class PatchCoreConfig:
     refine: bool = True  # each picture's farthest patches searched again with more probes (see REFINE_SHARE)
     part_scaling: str = "norm"  # "norm": each part over its mean patch norm (fit_layer_scales); "none": raw parts
     border_correction: bool = True  # border rings' scores scaled to the interior's level (fit_border_scale)
-    choose: bool = False  # on: the fit chooses the view and smoothing per part from its own evidence (training.choice)
+    choose: bool = True  # the fit chooses the view and smoothing per part from its own evidence (training.choice)
     seed: int = 0
     calibration_fraction: float = 0.1  # good images held out of the bank to calibrate the threshold
     keep_aspect: bool = True  # process the picture on a grid of its own aspect instead of squashing it square
@@ -361,6 +361,23 @@ class PatchCore(nn.Module):
     def ensure_index(self) -> None:
         if self.index is None:
             self.index = build_index(self.memory_bank.numpy(), self.config.index, self.config.ivf_probes)
+
+    def extend_index(self, rows: np.ndarray) -> None:
+        """Add `rows` [R, D] to a copy of the index, then swap it in: a search running meanwhile keeps the old one.
+        Nothing is trained again (an IVF index files them under its cells); ids past the bank are added rows."""
+        import faiss
+
+        self.ensure_index()
+        index = faiss.clone_index(self.index)
+        index.add(np.ascontiguousarray(rows, dtype=np.float32))
+        self.index = index
+
+    def rebuild_index(self, rows: np.ndarray | None = None) -> None:
+        """The index of the fitted bank (as at load) with `rows` added after it, swapped in whole."""
+        index = build_index(self.memory_bank.numpy(), self.config.index, self.config.ivf_probes)
+        if rows is not None and len(rows):
+            index.add(np.ascontiguousarray(rows, dtype=np.float32))
+        self.index = index
 
     # -- scoring -------------------------------------------------------------------------------
     def nearest_distances(self, embedding: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,8 @@ class Retrieval(Explainer):
             patch_scores = pc.scale_borders(distances).flatten()
             worst = int(torch.argmax(patch_scores))  # the map's own scores, border rings included
             d_k, ids = search(pc.index, flat[worst:worst + 1], self.params["patches"])
-            sources = pc.bank_source[torch.from_numpy(ids[0])].tolist()
+            fitted = (ids[0] >= 0) & (ids[0] < len(pc.bank_source))  # rows reviews added have no thumbnail
+            d_k, sources = d_k[:, fitted], pc.bank_source[torch.from_numpy(ids[0][fitted])].tolist()
             # 3. per-patch distance to the closest good image, re-embedded from its thumbnail
             reference = ctx.retrieval.normalised_thumbnail(int(top.indices[0]), shape, ctx.mean, ctx.std)
             with torch.no_grad():
