@@ -62,6 +62,8 @@ RULES: dict[str, Rule] = {
     # a category's bundle as a zip (seconds), and publishing it to the Hub (seconds of upload)
     "download": Rule(concurrency=2, per_caller=1, burst=6, every_s=10.0, forget_s=600.0),
     "publish": Rule(concurrency=1, per_caller=1, burst=6, every_s=10.0, forget_s=600.0),
+    # reviews and the sensitivity (a detect and a bank update, well under a second): one a second per caller
+    "feedback": Rule(concurrency=2, per_caller=1, burst=2, every_s=1.0),
     # Gradio's own events (an example's inputs filled in): no job of ours, a rate only
     "internal": Rule(concurrency=8, per_caller=None, burst=30, every_s=0.2),
 }
@@ -75,7 +77,9 @@ EVENTS: dict[str, str] = {
     "info": "info", "ui_category": "info", "ui_cancel": "info", "cancel_training": "info",
     "ui_build_status": "info",
     "fit": "fit", "ui_fit": "fit", "train_classifier": "fit", "ui_train": "fit",
-    "ui_publish": "publish", INTERNAL: "internal",
+    "ui_publish": "publish", "feedback": "feedback", "undo_feedback": "feedback", "sensitivity": "feedback",
+    "ui_feedback_good": "feedback", "ui_feedback_defect": "feedback", "ui_undo_feedback": "feedback",
+    "ui_sensitivity": "feedback", "ui_reviews": "info", INTERNAL: "internal",
 }
 
 

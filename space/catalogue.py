@@ -250,6 +250,7 @@ class Catalogue:
                                   "data": ins.bundle.meta.get("data", {}),
                                   "metrics": ins.bundle.meta.get("metrics", {}),
                                   "detector_settings": _chosen_settings(ins),
+                                  "sensitivity": ins.sensitivity(),
                                   "feature_visualisation": ({"caption": LEARNED_CAPTION, **_learned_facts(ins)}
                                                             if _learned_facts(ins) else None)}
                            for name, ins in self.inspectors.items()},

@@ -19,14 +19,24 @@ from space.batches import BatchInspection
 from space.catalogue import DETECTION_COLUMNS, QUALITY_COLUMNS, Catalogue, ServiceError
 from space.outputs import OutputFolder
 from space.parts import Parts
-from space.render import build_markdown, explanations_markdown, part_card_markdown, verdict_markdown
+from space.render import (
+    build_markdown,
+    explanations_markdown,
+    feedback_markdown,
+    part_card_markdown,
+    reviews_markdown,
+    verdict_markdown,
+)
 from space.settings import Settings
+from space.teaching import Teaching
 from xai.errors import UserError
 from xai.explainers import captions, slow_methods
 from xai.io import ImageInputError
 
 LOG = logging.getLogger("defect_xai")
 QUICK_METHODS = 3  # methods ticked when a category is chosen: its first fast ones
+REVIEW_COLUMNS = ["feedback_id", "verdict", "picture", "score_before", "score_after", "threshold_then",
+                  "patches_added", "at"]
 
 
 def handler(event: str) -> Callable:
@@ -78,6 +88,7 @@ class Handlers:
         self.catalogue, self.parts, self.outputs = catalogue, parts, outputs
         self.settings, self.build = settings, build
         self.batch = BatchInspection(catalogue, outputs, settings.batch)
+        self.teaching = Teaching(catalogue)
 
     def caller(self, request: gr.Request | None) -> str:
         """The caller's key (the owner of what they make), as the door computed it when the job joined."""
@@ -152,6 +163,23 @@ class Handlers:
         return {"category": category, "cancelled": cancelled,
                 "message": "Stopping at the next step." if cancelled else "No classifier is training for it."}
 
+    @handler("feedback")
+    def feedback(self, image, category, verdict, request: gr.Request = None):
+        """Review one picture: "good" teaches the category's detector this picture is good (its patches join the
+        bank, no refit), "defect" keeps it as a labelled defect. A served category becomes your own copy first."""
+        return self.teaching.feedback(_path(image), category, verdict, self.caller(request))
+
+    @handler("undo_feedback")
+    def undo_feedback(self, category, feedback_id, request: gr.Request = None):
+        """Undo one review of a category you made: its scores are exactly what they were without it."""
+        return self.teaching.undo(category, feedback_id, self.caller(request))
+
+    @handler("sensitivity")
+    def sensitivity(self, category, share, request: gr.Request = None):
+        """Set the share of good parts the detector may flag (0.001-0.5; empty: the fit's threshold), read off the
+        category's good pictures; a served category becomes your own copy first."""
+        return self.teaching.sensitivity(category, share, self.caller(request))
+
     # -- the page's own events ---------------------------------------------------------------------
     @handler("ui_detect")
     def page_detect(self, image, category, request: gr.Request = None):
@@ -178,6 +206,57 @@ class Handlers:
         panels, supporting, payloads = self.catalogue.explain_many(_path(image), category, methods or [], step)
         return ([(self.outputs.save(p, "png"), c) for p, c in panels], explanations_markdown(payloads, captions()),
                 [(self.outputs.save(p), c) for p, c in supporting], payloads)
+
+    @handler("ui_feedback_good")
+    def page_feedback_good(self, image, category, own, request: gr.Request = None):
+        return self._page_feedback(image, category, own, "good", request)
+
+    @handler("ui_feedback_defect")
+    def page_feedback_defect(self, image, category, own, request: gr.Request = None):
+        return self._page_feedback(image, category, own, "defect", request)
+
+    def _page_feedback(self, image, category, own, verdict: str, request):
+        answer = self.teaching.feedback(_path(image), category, verdict, self.caller(request))
+        return self._after_teaching(image, answer, own, feedback_markdown(answer))
+
+    @handler("ui_undo_feedback")
+    def page_undo_feedback(self, image, category, feedback_id, own, request: gr.Request = None):
+        if not feedback_id:
+            raise ServiceError("Choose the review to undo first.")
+        answer = self.teaching.undo(category, feedback_id, self.caller(request))
+        return self._after_teaching(image, answer, own, f"Review `{feedback_id}` undone: the category scores as "
+                                                        "it did without it.")
+
+    @handler("ui_sensitivity")
+    def page_sensitivity(self, image, category, share, own, request: gr.Request = None):
+        answer = self.teaching.sensitivity(category, share, self.caller(request))
+        return self._after_teaching(image, answer, own, f"Sensitivity: {answer['sensitivity']['in_words']} "
+                                                        f"(threshold {answer['threshold']:.4f}).")
+
+    @handler("ui_reviews")
+    def page_reviews(self, category, request: gr.Request = None):
+        return self._reviews_view(category)
+
+    def _after_teaching(self, image, answer: dict, own, message: str):
+        """The page after a review, an undo or a new sensitivity: the taught category chosen (a served one's copy
+        added to this session's list), the picture's verdict again, and the review list."""
+        cid = answer["category"]
+        own = [*(own or []), cid][-20:] if cid not in (own or []) else own
+        shown = verdict_text = verdict = None
+        if image is not None:
+            picture, verdict = self.catalogue.detect(_path(image), cid)
+            shown, verdict_text = self.outputs.save(picture, "png"), verdict_markdown(verdict)
+        return (message, shown, verdict_text, verdict, own,
+                gr.Dropdown(choices=self.catalogue.choices(own), value=cid), *self._reviews_view(cid))
+
+    def _reviews_view(self, category):
+        rows = self.teaching.reviews(category)
+        try:
+            summary = reviews_markdown(self.catalogue.get(category).sensitivity(), len(rows))
+        except UserError:
+            summary = ""
+        return (summary, gr.Dataframe(value=rows, headers=REVIEW_COLUMNS),
+                gr.Dropdown(choices=[r[0] for r in rows], value=None))
 
     @handler("ui_category")
     def choose_category(self, category, request: gr.Request = None):

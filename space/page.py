@@ -17,8 +17,11 @@ from space.handlers import Handlers, request_caller
 from space.render import build_markdown
 from space.settings import Settings
 from xai.explainers import slow_methods
+from xai.reviews import in_words
 
 PROCESS_API = inspect.signature(gr.Blocks.process_api)  # read once: every job passes through it
+SENSITIVITY_CHOICES = [("as fitted (the fit's threshold)", "fit"),
+                       *[(in_words(share), str(share)) for share in (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)]]
 
 
 class AdmittedBlocks(gr.Blocks):
@@ -97,10 +100,31 @@ def _inspect_section(handlers: Handlers, catalogue: Catalogue, wire: Wiring):
         with gr.Column(scale=1, min_width=300):
             verdict_text = gr.Markdown("Upload a part and press **Inspect**.")
             verdict_img = gr.Image(label="Anomaly map (cyan: above threshold)", format="png", interactive=False)
+            with gr.Row():
+                good_btn = gr.Button("This is good")
+                defect_btn = gr.Button("This is a defect")
+            taught_text = gr.Markdown("Wrong verdict? Tell the detector: a part marked good joins its memory bank "
+                                      "at once (no refit, undo below); on a served category you get your own copy.")
             with gr.Accordion("Verdict JSON (what /detect returns)", open=False):
                 verdict = gr.JSON(label="Verdict")
-    wire(detect_btn.click, handlers.page_detect, [image, category], [verdict_img, verdict_text, verdict])
     own = gr.State([])  # ids of the categories this browser session made: listed here only
+    with gr.Accordion("Reviews and sensitivity of this category", open=False):
+        reviews_text = gr.Markdown()
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                share = gr.Dropdown(SENSITIVITY_CHOICES, value="fit", label="Sensitivity: good parts flagged")
+                share_btn = gr.Button("Set the sensitivity")
+                undo_choice = gr.Dropdown([], label="Review to undo", allow_custom_value=False)
+                undo_btn = gr.Button("Undo this review")
+            with gr.Column(scale=2, min_width=300):
+                reviews = gr.Dataframe(label="Reviewed pictures (newest first)", wrap=True, interactive=False)
+    taught = [taught_text, verdict_img, verdict_text, verdict, own, category, reviews_text, reviews, undo_choice]
+    wire(detect_btn.click, handlers.page_detect, [image, category], [verdict_img, verdict_text, verdict])
+    wire(good_btn.click, handlers.page_feedback_good, [image, category, own], taught)
+    wire(defect_btn.click, handlers.page_feedback_defect, [image, category, own], taught)
+    wire(undo_btn.click, handlers.page_undo_feedback, [image, category, undo_choice, own], taught)
+    wire(share_btn.click, handlers.page_sensitivity, [image, category, share, own], taught)
+    wire(category.change, handlers.page_reviews, category, [reviews_text, reviews, undo_choice])
     return category, image, own
 
 
@@ -200,10 +224,12 @@ def _api(handlers: Handlers, wire: Wiring) -> None:
         api_name = gr.Textbox(label="name")
         api_category = gr.Textbox(label="category")
         api_method = gr.Textbox(label="method")
+        api_verdict, api_feedback_id = gr.Textbox(label="verdict"), gr.Textbox(label="feedback_id")
+        api_share = gr.Number(label="share", value=None)
         api_out_image = gr.Image(format="jpeg")  # ~10x smaller than PNG for photos: faster round trips
         api_out_json = gr.JSON()
         api_out_table, api_out_file, api_out_gallery = gr.Dataframe(), gr.File(), gr.Gallery(format="jpeg")
-        buttons = [gr.Button() for _ in range(7)]
+        buttons = [gr.Button() for _ in range(10)]
     wire(buttons[0].click, handlers.detect, [api_image, api_category], [api_out_image, api_out_json], private=False)
     wire(buttons[1].click, handlers.explain, [api_image, api_category, api_method], [api_out_image, api_out_json],
          private=False)
@@ -213,3 +239,6 @@ def _api(handlers: Handlers, wire: Wiring) -> None:
     wire(buttons[5].click, handlers.cancel_training, api_category, api_out_json, private=False)
     wire(buttons[6].click, handlers.detect_batch, [api_images, api_category],
          [api_out_table, api_out_file, api_out_gallery], private=False)
+    wire(buttons[7].click, handlers.feedback, [api_image, api_category, api_verdict], api_out_json, private=False)
+    wire(buttons[8].click, handlers.undo_feedback, [api_category, api_feedback_id], api_out_json, private=False)
+    wire(buttons[9].click, handlers.sensitivity, [api_category, api_share], api_out_json, private=False)

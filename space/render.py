@@ -67,6 +67,33 @@ def verdict_markdown(verdict: dict) -> str:
     return "\n".join(lines)
 
 
+def feedback_markdown(answer: dict) -> str:
+    """What a review did, in a line or two (the /feedback JSON)."""
+    copied = (f" You now have your own copy of {answer['copied_from']}, **{answer['name']}**, chosen above; "
+              "the served category is unchanged." if answer.get("copied_from") else "")
+    if answer["verdict"] == "defect":
+        return (f"Kept as a reviewed defect (score {answer['score_before']:.3f}, threshold "
+                f"{answer['threshold']:.3f}).{copied}")
+    now = "defect" if answer["is_defect_after"] else "good"
+    return (f"Learned as good: score {answer['score_before']:.3f} → **{answer['score_after']:.3f}** (threshold "
+            f"{answer['threshold']:.3f}: now {now}); {answer['rows_added']} of its patches joined the bank "
+            f"({answer['bank_size']:,} in all). Undo it below.{copied}")
+
+
+def reviews_markdown(sensitivity: dict | None, n_reviews: int) -> str:
+    """The category's operating point and its reviews, for the review list."""
+    if not sensitivity:
+        return "This category has no anomaly detector to teach."
+    defects = sensitivity["reviewed_defects"]
+    lines = [f"**Sensitivity:** {sensitivity['in_words']} (threshold {sensitivity['threshold']:.4f}, "
+             + ("as fitted" if sensitivity["set_by"] == "fit" else "set here") + f"; modelled on "
+             f"{sensitivity['good_scores']} good pictures the bank had not seen). **Reviews:** {n_reviews}."]
+    if defects:
+        lines.append(f"**Reviewed defects:** {defects}, of which {sensitivity['reviewed_defects_flagged']} "
+                     "score above the current threshold.")
+    return " ".join(lines)
+
+
 def explanations_markdown(payloads: dict, captions: dict) -> str:
     """One row per explanation: the method, what it answers and how long it took."""
     lines = ["| method | what it answers | ms |", "|---|---|---|"]

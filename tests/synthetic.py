@@ -1,7 +1,9 @@
-"""Generated test images: a woven texture with a random shift, and the same with a drawn defect."""
+"""Generated test images: a woven texture with a random shift, and the same with a drawn defect; a grained surface;
+whole generated parts (good and defective pictures) in the mvtec layout."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +68,45 @@ def faint_blotch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return out, weight > 0.5
 
 
+def grained(rng: np.random.Generator, size: int, grain: float) -> np.ndarray:
+    """A flat surface under a fine random grain: noise blurred over about a pixel, flipping sign from pixel to pixel
+    (a checkerboard of random strength, `grain` grey levels strong), so nearly all of its energy lies between the
+    Nyquist limits of a 320 and a 224 px view: a 320 px picture brought to 224 loses it, one seen at 320 keeps it.
+    uint8 [size, size, 3]."""
+    from scipy.ndimage import gaussian_filter
+
+    noise = gaussian_filter(rng.normal(0, 1, (size, size)), 1.0)
+    checker = np.where(np.add.outer(np.arange(size), np.arange(size)) % 2, 1.0, -1.0)
+    surface = np.array([130.0, 120.0, 100.0]) + rng.uniform(-4, 4) + rng.normal(0, 2, (size, size, 1))
+    surface += (grain * checker * noise / noise.std())[..., None]
+    return np.clip(surface, 0, 255).astype(np.uint8)
+
+
+def faint_line(image: np.ndarray, rng: np.random.Generator, amount: float = 12) -> tuple[np.ndarray, np.ndarray]:
+    """A faint crack: a one-pixel line (at the picture's own resolution) a third of its side long, `amount` grey
+    levels brighter than the surface it crosses."""
+    import cv2
+
+    h, w = image.shape[:2]
+    x0, y0 = int(rng.integers(w // 4, w // 2)), int(rng.integers(h // 4, h // 2))
+    mask = np.zeros((h, w), np.uint8)
+    cv2.line(mask, (x0, y0), (x0 + w // 3, y0 + w // 6), 1, 1, lineType=cv2.LINE_8)
+    out = np.clip(image.astype(np.float32) + amount * mask[..., None], 0, 255).astype(np.uint8)
+    return out, mask > 0
+
+
+def faint_area(image: np.ndarray, rng: np.random.Generator, amount: float = 12) -> tuple[np.ndarray, np.ndarray]:
+    """A large faint stain: soft-edged, a third of the picture's side across where it is flat, fading out over as
+    much again, `amount` grey levels darker (faint_blotch with a chosen strength)."""
+    h, w = image.shape[:2]
+    cy, cx = rng.integers(h // 3, 2 * h // 3), rng.integers(w // 3, 2 * w // 3)
+    r = min(h, w) // 6
+    yy, xx = np.mgrid[0:h, 0:w]
+    weight = np.clip(1.5 - np.hypot(yy - cy, xx - cx) / r, 0, 1)
+    out = np.clip(image.astype(np.float32) - amount * weight[..., None], 0, 255).astype(np.uint8)
+    return out, weight > 0.5
+
+
 def on_defect(amap: np.ndarray, mask: np.ndarray, tolerance: int = 8) -> bool:
     """The map's maximum lies inside the mask (resized to the map) dilated by the pointing-game tolerance."""
     from scipy.ndimage import binary_dilation
@@ -93,6 +134,26 @@ def write_mvtec_folder(root: Path, n_train: int = 14, n_test_good: int = 4, n_te
             image, mask = add_defect(texture(rng, size, width), rng, kind)
             Image.fromarray(image).save(root / "test" / kind / f"{i:03d}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ground_truth" / kind / f"{i:03d}_mask.png")
+    return root
+
+
+def write_part(root: Path, picture: Callable[[np.random.Generator], np.ndarray],
+               defect: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]], kind: str,
+               n_train: int = 12, n_test_good: int = 6, n_test_defect: int = 6, seed: int = 0) -> Path:
+    """An mvtec-layout folder of one generated part: `picture(rng)` makes a good picture, `defect(picture, rng)` a
+    defective one and its mask (test/`kind`, ground_truth/`kind`)."""
+    rng = np.random.default_rng(seed)
+    folders = {name: root / name for name in ("train/good", "test/good", f"test/{kind}", f"ground_truth/{kind}")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    for i in range(n_train):
+        Image.fromarray(picture(rng)).save(folders["train/good"] / f"{i:03d}.png")
+    for i in range(n_test_good):
+        Image.fromarray(picture(rng)).save(folders["test/good"] / f"{i:03d}.png")
+    for i in range(n_test_defect):
+        image, mask = defect(picture(rng), rng)
+        Image.fromarray(image).save(folders[f"test/{kind}"] / f"{i:03d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folders[f"ground_truth/{kind}"] / f"{i:03d}_mask.png")
     return root
 
 

@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 
-from training.choice import CONFIDENCE, VIEWS, costliest, decide, separation
+from training.choice import CONFIDENCE, DEFAULT_SIGMA, DEFAULT_VIEW, VIEWS, costliest, decide, separation
+from xai.metrics import auroc
 from xai.patchcore import MIN_SIDE, PatchCore, PatchCoreConfig
 
 
@@ -66,6 +67,79 @@ def test_the_fit_stores_every_candidate_and_the_winner_it_uses(texture_data, tru
     assert winner == default or winner[0]["better_than_default"] >= CONFIDENCE
     card = (chosen / "README.md").read_text()
     assert "How the detector's settings were chosen" in card and "| 224 | own pixels | 224x224 |" in card
+
+
+def _fit_part(folder, out, trunk, **settings):
+    """Fit the detector on a generated part; the part's own test pictures' scores (good, defective) and the choice."""
+    from PIL import Image
+
+    from training.data import load_dataset
+    from training.fit_patchcore import fit
+    from xai.bundle import load
+    from xai.inspector import Inspector
+
+    dataset = load_dataset("mvtec", folder)
+    fit(dataset, out, PatchCoreConfig(**settings), trunk=trunk)
+    inspector = Inspector(load(out), trunk)
+    scores = {s.path: inspector.detect(np.asarray(Image.open(s.path).convert("RGB"))).score for s in dataset.test}
+    good, bad = ([scores[s.path] for s in dataset.test if s.is_defect == defect] for defect in (False, True))
+    return good, bad, json.loads((out / "bundle.json").read_text())["components"]["patchcore"]["choice"]
+
+
+def _found(good, bad):
+    """How well a fixed detector finds the part's real defects: AUROC and the choice's own separation."""
+    return auroc([False] * len(good) + [True] * len(bad), good + bad), float(separation(good, bad))
+
+
+def _candidate(choice, short_side, enlarge, sigma):
+    """The stored candidate of one view and smoothing."""
+    key = (short_side, enlarge, sigma)
+    return next(c for c in choice["candidates"] if (c["short_side"], c["enlarge"], c["sigma"]) == key)
+
+
+def test_a_thin_line_on_small_pictures_keeps_the_finer_enlarged_view_that_finds_it(trunk, tmp_path):
+    """128 px weave pictures whose real defect is a faint one-pixel line: kept at their own pixels (128x128) the
+    trunk hardly sees the line, enlarged it does. The fit's evidence (its own synthetic cracks among the subtle
+    defects) must show it: the choice stays at an enlarged view, every own-pixels candidate separates worse than
+    the chosen one, and the part's real lines are found better by a detector at the chosen view than by one fitted
+    at its own pixels. A choice that went to the coarser view regardless would fail here."""
+    from synthetic import faint_line, texture, write_part
+
+    part = write_part(tmp_path / "part", lambda rng: texture(rng, 128),
+                      lambda image, rng: faint_line(image, rng, amount=12), "crack", n_train=12, n_test_good=6,
+                      n_test_defect=6, seed=0)
+    good, bad, choice = _fit_part(part, tmp_path / "chosen", trunk, choose=True)
+    chosen = _candidate(choice, **choice["chosen"])
+    own = [c for c in choice["candidates"] if not c["enlarge"]]
+    assert {c["shape"] for c in own} == {"128x128"} and chosen["enlarge"] and chosen["shape"] != "128x128", chosen
+    assert all(c["separation"] < chosen["separation"] for c in own), choice["candidates"]
+    fixed = _fit_part(part, tmp_path / "own", trunk, choose=False, short_side=320, enlarge=False,
+                      sigma=chosen["sigma"])
+    (auc_chosen, sep_chosen), (auc_own, sep_own) = _found(good, bad), _found(*fixed[:2])
+    assert auc_chosen >= auc_own and sep_chosen > sep_own, (auc_chosen, sep_chosen, auc_own, sep_own)
+
+
+def test_a_faint_area_under_a_fine_grain_moves_the_choice_to_the_coarser_view_that_finds_it(trunk, tmp_path):
+    """320 px pictures of a surface under a fine grain, whose real defect is a large stain 6 grey levels faint (the
+    faintest of the fit's own faint areas): at the default 320 px view the grain hides it, the 224 px view averages
+    the grain away. The fit's evidence (its own faint areas among the subtle defects) must move the choice off the
+    default, beyond the bootstrap's noise, to 224 px, and the part's real stains are found better by a detector at
+    the chosen view than by one fitted at the default view. A choice that kept the default regardless would fail
+    here."""
+    from synthetic import faint_area, grained, write_part
+
+    part = write_part(tmp_path / "part", lambda rng: grained(rng, 320, grain=40),
+                      lambda image, rng: faint_area(image, rng, amount=6), "stain", n_train=12, n_test_good=6,
+                      n_test_defect=6, seed=0)
+    good, bad, choice = _fit_part(part, tmp_path / "chosen", trunk, choose=True)
+    chosen = _candidate(choice, **choice["chosen"])
+    default = next(c for c in choice["candidates"] if c.get("default"))  # 320 px: enlarged or not the same
+    assert default["shape"] == "320x320" and default["sigma"] == DEFAULT_SIGMA and chosen["shape"] == "224x224", chosen
+    assert chosen["better_than_default"] >= CONFIDENCE and chosen["separation"] > default["separation"], chosen
+    fixed = _fit_part(part, tmp_path / "default", trunk, choose=False, short_side=DEFAULT_VIEW.short_side,
+                      enlarge=DEFAULT_VIEW.enlarge, sigma=chosen["sigma"])
+    (auc_chosen, sep_chosen), (auc_default, sep_default) = _found(good, bad), _found(*fixed[:2])
+    assert auc_chosen > auc_default and sep_chosen > sep_default, (auc_chosen, sep_chosen, auc_default, sep_default)
 
 
 def test_a_bundle_from_before_the_choice_keeps_its_enlarged_view_and_scores(texture_bundle, trunk, tmp_path):

@@ -5,6 +5,7 @@ and the sensitivity moves the threshold along the model of good scores."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -108,3 +109,86 @@ def test_the_sensitivity_moves_the_threshold_along_the_good_scores(reviewed):
         with pytest.raises(ReviewError, match="share of good parts"):
             reviewed.set_sensitivity(share)
     assert reviewed.set_sensitivity(None)["set_by"] == "fit" and reviewed.threshold == fitted
+
+
+# -- through the launched app ------------------------------------------------------------------------
+def visitor(address: str) -> dict:
+    return {"x-forwarded-for": f"203.0.113.1, {address}"}  # the client's claim, then what the proxy appends
+
+
+@pytest.fixture
+def served(texture_bundle, tmp_path):
+    """The weave served as a category of the app (a copy: the session's bundle stays as it was)."""
+    folder = tmp_path / "served" / "weave"
+    shutil.copytree(texture_bundle, folder)
+    return folder
+
+
+def _save(picture: np.ndarray, path):
+    from PIL import Image
+
+    Image.fromarray(picture).save(path)
+    return path
+
+
+def test_feedback_through_the_app_teaches_only_the_callers_own_copy(served, serve, tmp_path):
+    """A visitor's false alarm on a served category: /feedback makes the visitor's copy, which answers the picture
+    good; the served category is untouched; another visitor can neither teach nor undo on that copy; undo gives
+    back exactly the score from before; the sensitivity shows in /detect and /info, and a flood is refused."""
+    from gradio_client import Client, handle_file
+
+    from space.catalogue import Catalogue
+
+    alarm = handle_file(str(_save(brighter(7), tmp_path / "alarm.png")))
+    catalogue = Catalogue.from_sources(str(served))
+    with serve(catalogue, trusted_hops=1) as (url, _):
+        maker = Client(url, verbose=False, headers=visitor("198.51.100.7"))
+        stranger = Client(url, verbose=False, headers=visitor("198.51.100.8"))
+        before = maker.predict(alarm, "weave", api_name="/detect")[1]
+        assert before["is_defect"] and before["sensitivity"]["set_by"] == "fit"
+        taught = maker.predict(alarm, "weave", "good", api_name="/feedback")
+        assert taught["copied_from"] == "weave" and taught["category"] != "weave"
+        assert taught["score_before"] == pytest.approx(before["score"], abs=1e-5)
+        assert not taught["is_defect_after"] and taught["rows_added"] > 0
+        cid = taught["category"]
+        after = maker.predict(alarm, cid, api_name="/detect")[1]
+        assert not after["is_defect"] and after["score"] == pytest.approx(taught["score_after"], abs=1e-5)
+        assert after["sensitivity"]["reviewed_good"] == 1
+        # the served category is as it was, for everyone
+        assert stranger.predict(alarm, "weave", api_name="/detect")[1]["score"] == before["score"]
+        # a stranger holding the id may use it, not teach or undo it
+        for attempt in (lambda: stranger.predict(alarm, cid, "defect", api_name="/feedback"),
+                        lambda: stranger.predict(cid, taught["feedback_id"], api_name="/undo_feedback"),
+                        lambda: stranger.predict(cid, 0.2, api_name="/sensitivity")):
+            time.sleep(1.1)  # one feedback a second per caller
+            with pytest.raises(Exception, match="Only whoever made this category"):
+                attempt()
+        time.sleep(1.1)
+        strict = maker.predict(cid, 0.01, api_name="/sensitivity")
+        assert strict["category"] == cid and strict["sensitivity"]["set_by"] == "user"
+        info = maker.predict(api_name="/info")["categories"]["weave"]
+        assert info["sensitivity"]["set_by"] == "fit"  # the served one keeps its own
+        time.sleep(1.1)
+        undone = maker.predict(cid, taught["feedback_id"], api_name="/undo_feedback")
+        assert undone["undone"] and undone["bank_size"] == taught["bank_size"] - taught["rows_added"]
+        assert maker.predict(alarm, cid, api_name="/detect")[1]["score"] == before["score"]
+        with pytest.raises(Exception, match="Too many requests"):
+            for _ in range(4):
+                maker.predict(alarm, cid, "defect", api_name="/feedback")
+
+
+def test_feedback_survives_a_restart_where_categories_are_kept(served, serve, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from space.catalogue import Catalogue
+
+    alarm = _save(brighter(8), tmp_path / "alarm.png")
+    kept = tmp_path / "kept"
+    with serve(Catalogue.from_sources(str(served), category_dir=kept), category_dir=str(kept)) as (url, _):
+        client = Client(url, verbose=False)
+        taught = client.predict(handle_file(str(alarm)), "weave", "good", api_name="/feedback")
+        score = client.predict(handle_file(str(alarm)), taught["category"], api_name="/detect")[1]["score"]
+    restarted = Catalogue.from_sources(str(served), category_dir=kept)
+    inspector = restarted.get(taught["category"])
+    assert [e.id for e in inspector.reviews.entries] == [taught["feedback_id"]]
+    assert inspector.detect(alarm).score == pytest.approx(score, abs=1e-6) and not inspector.detect(alarm).is_defect
