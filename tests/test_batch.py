@@ -1,17 +1,24 @@
 """Batch inspection: Inspector.detect_batch against one picture at a time, the `training.inspect` command (rows,
-unreadable files, maps, report, resume) and its Ray Data engine, on generated pictures."""
+unreadable files, maps, report, resume, reviews from a CSV, the report's review queue) and its Ray Data engine, on
+generated pictures."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import digest
+from synthetic import add_defect, texture
 from training import inspect as inspect_cli
-from training.batch import MAP_SCALE, ResultsFolder, columns, list_inputs
+from training.batch import MAP_SCALE, ResultsFolder, columns, frame, list_inputs
+from training.cli import run
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +284,118 @@ def test_detect_batch_through_the_app_gives_the_commands_rows(classifier_bundle,
     assert len(gallery) == 3
     top = rows[rows["error"] == ""].sort_values("score", ascending=False)["picture"].tolist()[:3]
     assert [g["caption"].split(" · ")[0] for g in gallery] == top
+
+
+def brighter(seed: int) -> np.ndarray:
+    """A good weave under brighter light: a false alarm of the weave bundle (as in test_reviews)."""
+    picture = texture(np.random.default_rng(seed)).astype(np.float32) * 1.3 + 20
+    return np.clip(picture, 0, 255).astype(np.uint8)
+
+
+def test_feedback_teaches_a_bundle_folder_offline(texture_bundle, trunk, tmp_path, capsys):
+    """A CSV of reviews through the command, then the pictures inspected with the taught bundle: the brighter weave
+    (a false alarm) reviewed good is answered good by the reloaded bundle and in the results, a missing picture is
+    reported and skipped; the same file applied again changes nothing, and --sensitivity is saved (refused while
+    OUTDIR holds results scored before it)."""
+    import pandas as pd
+
+    from xai.bundle import load
+    from xai.inspector import Inspector
+
+    folder = tmp_path / "weave"
+    shutil.copytree(texture_bundle, folder)
+    day = tmp_path / "day"
+    (day / "line1").mkdir(parents=True)
+    alarm = day / "line1" / "bright.png"
+    Image.fromarray(brighter(1)).save(alarm)
+    rng = np.random.default_rng(5)
+    Image.fromarray(add_defect(texture(rng), rng, "scratch")[0]).save(day / "scratch.png")
+    feedback = day / "feedback.csv"
+    feedback.write_text("path,verdict\nline1/bright.png,good\n\nscratch.png,Defect\nmissing.png,good\n")
+    assert Inspector(load(texture_bundle), trunk).detect(alarm).is_defect, "the fitted bundle flags it"
+    out = tmp_path / "out"
+    assert inspect_cli.main(["--bundle", str(folder), "--feedback", str(feedback), "--input", str(day),
+                             "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"good +line1/bright.png +score \S+ -> \S+ \(threshold \S+\), [1-9]\d* rows added", said)
+    assert re.search(r"defect +scratch.png +score \S+ \(threshold \S+\), kept as evidence", said)
+    assert re.search(r"missing.png +skipped \(line 5\): No image file", said)
+    assert "2 of 3 reviews applied" in said and "1 skipped" in said and f"saved into {folder}" in said
+    taught = Inspector(load(folder), trunk)
+    assert [(e.name, e.verdict) for e in taught.reviews.entries] == [("line1/bright.png", "good"),
+                                                                     ("scratch.png", "defect")]
+    assert not taught.detect(alarm).is_defect
+    results = pd.read_parquet(out / "results.parquet").set_index("path")
+    assert not results.loc[str(alarm), "is_defect"]
+    page = (out / "report.html").read_text()
+    assert "learned from 2 reviewed pictures (1 good, 1 defective)" in page and "Review queue" in page
+
+    with_input = ["--bundle", str(folder), "--feedback", str(feedback), "--sensitivity", "0.05"]
+    before = digest(folder)
+    assert run(inspect_cli.main, [*with_input, "--input", str(day), "--out", str(out)]) == 2
+    assert "already holds results scored before these reviews" in capsys.readouterr().err
+    assert digest(folder) == before
+    assert inspect_cli.main(with_input) == 0
+    said = capsys.readouterr().out
+    assert said.count("already reviewed") == 2 and "0 of 3 reviews applied" in said and "set by user" in said
+    again = Inspector(load(folder), trunk)
+    assert len(again.reviews.entries) == 2 and again.reviews.n_rows == taught.reviews.n_rows
+    assert again.sensitivity()["set_by"] == "user" and again.sensitivity()["share"] == 0.05
+
+
+def test_a_bad_feedback_file_or_a_hub_bundle_is_refused_and_nothing_is_applied(texture_bundle, tmp_path, capsys):
+    from huggingface_hub import constants
+
+    folder = tmp_path / "weave"
+    shutil.copytree(texture_bundle, folder)
+    Image.fromarray(brighter(1)).save(tmp_path / "bright.png")
+    feedback = tmp_path / "feedback.csv"
+    before = digest(folder)
+
+    def refused(text: str, bundle: str = str(folder)) -> str:
+        feedback.write_text(text)
+        assert run(inspect_cli.main, ["--bundle", bundle, "--feedback", str(feedback)]) == 2
+        assert digest(folder) == before
+        return capsys.readouterr().err
+
+    said = refused("path,verdict\nbright.png,good\nother.png,ok\n,good\n# a note\nbright.png,defect\n")
+    assert "line 3: the verdict of other.png is 'ok', not good or defect" in said
+    assert "line 4 has no path" in said and "line 6: bright.png is reviewed on line 2 already" in said
+    assert "Nothing was applied" in said and "line 2:" not in said
+    assert "line 1 should be the header path,verdict" in refused("picture,label\nbright.png,good\n")
+    assert "lists no reviews" in refused("path,verdict\n")
+    good = "path,verdict\nbright.png,good\n"
+    said = refused(good, "org/weave")
+    assert "must be a local bundle folder" in said and "hf download" in said
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--test--feedback" / "snapshots" / "0"
+    snapshot.mkdir(parents=True)
+    try:
+        (snapshot / "bundle.json").symlink_to(folder / "bundle.json")
+        assert "a snapshot in the Hugging Face cache" in refused(good, str(snapshot))
+    finally:
+        shutil.rmtree(snapshot.parents[1])
+    with pytest.raises(SystemExit):
+        inspect_cli.parse_args(["--bundle", str(folder)])  # --input is optional only when the bundle is taught
+    with pytest.raises(SystemExit):
+        inspect_cli.parse_args(["--bundle", str(folder), "--sensitivity", "0.9"])
+    assert "from 0.001" in capsys.readouterr().err
+
+
+def test_the_reports_review_queue_lists_the_pictures_nearest_the_threshold_first(tmp_path):
+    from training.batch_report import write_report
+
+    scores = {"far-good.png": 0.2, "near-above.png": 1.05, "nearest-below.png": 0.98, "far-defect.png": 3.0,
+              "mid.png": 0.8}
+    rows = [{"path": path, "width": 8, "height": 8, "label": "defect" if score > 1 else "good",
+             "is_defect": score > 1, "score": score, "threshold": 1.0, "component": "patchcore",
+             "score_patchcore": score, "ms": 1.0, "error": ""} for path, score in scores.items()]
+    rows.append({"path": "broken.png", "error": "cannot read it (OSError)"})
+    table = frame(rows, columns(["patchcore"], labelled=False))
+    page = write_report(tmp_path, table, "bundles/weave", {"category": "weave"}, top=0, queue=3).read_text()
+    queue = page.split("<h2>Review queue")[1].split("</table>")[0]
+    assert re.findall(r"<td>([\w-]+\.png)</td>", queue) == ["nearest-below.png", "near-above.png", "mid.png"]
+    assert "<td>-2.0%</td><td>good</td>" in queue and "<td>+5.0%</td><td>defect</td>" in queue
+    assert "--feedback FILE.csv" in queue
+    default = write_report(tmp_path, table, "bundles/weave", {"category": "weave"}, top=0).read_text()
+    assert "the 5 nearest the threshold" in default  # every readable picture, up to 20
+    assert "Review queue" not in write_report(tmp_path, table, "b", {}, top=0, queue=0).read_text()

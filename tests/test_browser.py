@@ -168,3 +168,28 @@ def test_the_batch_tab_and_the_batch_report(classifier_bundle, tmp_path, serve):
             report.screenshot(path=str(shots / "batch-report.png"), full_page=True)
             browser.close()
     assert (shots / "batch-report.png").stat().st_size > 10_000
+
+
+def test_a_false_alarm_marked_good_changes_the_verdict(texture_bundle, tmp_path, serve):
+    """The engineer's loop in the page: a good part the detector flags, one click on "This is good", and the same
+    picture's verdict turns good (on the visitor's own copy of the served category); screenshot app-feedback.png."""
+    from playwright.sync_api import expect, sync_playwright
+
+    served_copy = tmp_path / "weave"
+    shutil.copytree(texture_bundle, served_copy)
+    picture = texture(np.random.default_rng(9)).astype(np.float32) * 1.3 + 20  # brighter light: a false alarm
+    part = tmp_path / "bright.png"
+    Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).save(part)
+    with served(serve, served_copy) as (url, shots):
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(f"{url}/", wait_until="load")
+            page.locator("input[type=file]").first.set_input_files(str(part))
+            page.get_by_role("button", name="Inspect", exact=True).click()
+            expect(page.get_by_text("DEFECT: defect")).to_be_visible(timeout=60_000)
+            page.get_by_role("button", name="This is good", exact=True).click()
+            expect(page.get_by_text("Learned as good")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("GOOD: good")).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(shots / "app-feedback.png"), full_page=True)
+            browser.close()

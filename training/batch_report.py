@@ -1,6 +1,7 @@
-"""report.html of a batch inspection: counts, the score histogram against the threshold, the most anomalous
-pictures with their overlays, the pictures that could not be read, and, when the folder's layout named classes,
-the metrics `evaluate` computes. One self-contained file (pictures inlined), every text escaped."""
+"""report.html of a batch inspection: counts, the score histogram against the threshold, a review queue (the
+pictures nearest the threshold first), the most anomalous pictures with their overlays, the pictures that could not
+be read, and, when the folder's layout named classes, the metrics `evaluate` computes. One self-contained file
+(pictures inlined), every text escaped."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from training.batch import read_picture
 from xai.metrics import auroc, binary_report, f1_max
 
 THUMB = 360  # px, the longer side of an overlay in the report
+QUEUE = 20  # pictures the review queue lists
 
 
 def _png(figure) -> str:
@@ -65,6 +67,16 @@ def metrics(table, threshold: float) -> dict | None:
     return report
 
 
+def review_queue(table, n: int = QUEUE):
+    """The `n` readable pictures nearest their threshold, nearest first (smallest |score - threshold| / threshold,
+    ties in the table's order), with that signed distance as `margin`: the verdicts a small change would flip,
+    where an engineer's review settles most (and, reviewed, teaches the detector most)."""
+    rows = table[table["score"].notna() & table["threshold"].notna() & (table["threshold"] > 0)]
+    margin = ((rows["score"] - rows["threshold"]) / rows["threshold"]).to_numpy(dtype=float)
+    order = np.argsort(np.abs(margin), kind="stable")[:max(n, 0)]
+    return rows.iloc[order].assign(margin=margin[order])
+
+
 def overlays(table, bundle: str, top: int) -> list[tuple[dict, str]]:
     """The `top` highest-scoring readable pictures, each with its overlay as the app draws it (base64 JPEG)."""
     from xai.inspector import Inspector
@@ -88,13 +100,33 @@ def overlays(table, bundle: str, top: int) -> list[tuple[dict, str]]:
 
 
 def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    import pandas as pd
+
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return "—"
     return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def write_report(out: Path, table, bundle: str, meta: dict, top: int = 12, run: dict | None = None) -> Path:
-    """Write OUTDIR/report.html for the results `table` (a DataFrame) of `bundle`; returns its path."""
+def taught(meta: dict) -> str:
+    """What reviews have taught the bundle's detector, in a sentence (empty when nothing)."""
+    stored = meta.get("components", {}).get("patchcore", {}).get("reviews")
+    if not isinstance(stored, dict):
+        return ""
+    verdicts = [e.get("verdict") for e in stored.get("entries", []) if isinstance(e, dict)]
+    share = stored.get("sensitivity")
+    said = [f"learned from {len(verdicts)} reviewed pictures ({verdicts.count('good')} good, "
+            f"{verdicts.count('defect')} defective)"] if verdicts else []
+    if isinstance(share, (int, float)):
+        from xai.reviews import in_words
+
+        said.append(f"a sensitivity set by a user ({in_words(share)})")
+    return f" Its detector has {' and '.join(said)}." if said else ""
+
+
+def write_report(out: Path, table, bundle: str, meta: dict, top: int = 12, run: dict | None = None,
+                 queue: int | None = None) -> Path:
+    """Write OUTDIR/report.html for the results `table` (a DataFrame) of `bundle`, its review queue `queue`
+    pictures long (default QUEUE; 0: none); returns its path."""
     e = html.escape
     run = run or {}
     errors = table[table["error"].fillna("") != ""]
@@ -103,7 +135,8 @@ def write_report(out: Path, table, bundle: str, meta: dict, top: int = 12, run: 
     threshold = float(readable["threshold"].iloc[0]) if len(readable) else None
     rate = run.get("inspected", 0) / run["seconds"] if run.get("seconds") else None
     parts = [f"<h1>defect-xai batch inspection: {e(str(meta.get('category', 'bundle')))}</h1>",
-             f"<p>Bundle <code>{e(str(bundle))}</code>. {len(table)} pictures: <b>{defects} defective</b>, "
+             f"<p>Bundle <code>{e(str(bundle))}</code>.{e(taught(meta))} {len(table)} pictures: "
+             f"<b>{defects} defective</b>, "
              f"{len(readable) - defects} good, {len(errors)} could not be read.",
              (f" This run inspected {run.get('inspected', 0)} ({run.get('resumed', 0)} were already in the results) "
               f"with the {e(str(run.get('engine')))} engine in {run.get('seconds', 0):.1f} s"
@@ -121,6 +154,20 @@ def write_report(out: Path, table, bundle: str, meta: dict, top: int = 12, run: 
             parts.append("<table><tr><th>defect type</th><th>pictures</th><th>image AUROC</th></tr>" + "".join(
                 f"<tr><td>{e(k)}</td><td>{v['n']}</td><td>{_fmt(v['image_auroc'])}</td></tr>"
                 for k, v in report["per_type"].items()) + "</table>")
+    nearest = review_queue(readable, QUEUE if queue is None else queue)
+    if len(nearest):
+        truth = "truth" in nearest and nearest["truth"].notna().any()
+        parts.append(
+            f"<h2>Review queue: the {len(nearest)} nearest the threshold</h2><p>The verdicts a small change would "
+            "flip, nearest first: the pictures to look at first. Teach the detector what you find with "
+            f"<code>python -m training.inspect --bundle {e(str(bundle))} --feedback FILE.csv</code> (a header "
+            "<code>path,verdict</code>, then one picture a line, <code>good</code> or <code>defect</code>).</p>"
+            "<table class='queue'><tr><th>picture</th><th>score</th><th>threshold</th><th>from the threshold</th>"
+            "<th>verdict</th>" + ("<th>truth</th>" if truth else "") + "</tr>" + "".join(
+                f"<tr><td>{e(str(r['path']))}</td><td>{r['score']:.4g}</td><td>{r['threshold']:.4g}</td>"
+                f"<td>{r['margin']:+.1%}</td><td>{_fmt(r['label'])}</td>"
+                + (f"<td>{_fmt(r['truth'])}</td>" if truth else "") + "</tr>"
+                for r in nearest.to_dict("records")) + "</table>")
     shown = overlays(readable, bundle, top)
     if shown:
         parts.append(f"<h2>The {len(shown)} most anomalous</h2><div class='grid'>" + "".join(

@@ -55,6 +55,7 @@ PROBE_PICTURES = 12  # held-out good pictures scored per view ...
 BANK_PICTURES = 24  # ... against a bank of every patch of this many good pictures ...
 BANK_PATCHES = 40_000  # ... (a seeded sample of them beyond this many)
 DEFECT_ROUNDS = 2  # each held-out picture gets this many of each subtle defect
+TRUNK_BATCH = 8  # pictures of one shape through the trunk at once
 RULE = ("the view and smoothing that best separate subtle synthetic defects from held-out good pictures (mean "
         "probability that a good picture scores below each defect, under the threshold's model of the good scores); "
         f"the default ({DEFAULT_VIEW.short_side} px, smaller pictures enlarged, smoothing {DEFAULT_SIGMA:g}) is kept "
@@ -98,11 +99,21 @@ def _view_scores(config: PatchCoreConfig, view: View, trunk: Trunk, bank: list, 
         return [resize_rgb(Image.fromarray(array), model.input_shape(w, h)) for w, h, array in items]
 
     spec = TRUNKS[config.trunk]
+
+    def batches(items: list):
+        """Normalised batches of up to TRUNK_BATCH pictures of one shape, in order."""
+        arrays = at_view(items)
+        start = 0
+        while start < len(arrays):
+            stop = start + 1
+            while stop < len(arrays) and stop - start < TRUNK_BATCH and arrays[stop].shape == arrays[start].shape:
+                stop += 1
+            yield normalise(np.stack(arrays[start:stop]), spec.mean, spec.std)
+            start = stop
+
     with torch.no_grad():
-        bank_parts = []  # raw parts, per picture: the layer scales are fitted on the bank before anything is scaled
-        for array in at_view(bank):
-            x = normalise(array[None], spec.mean, spec.std)
-            bank_parts.append(model.embed_parts(model.stage_outputs(trunk, x), x))
+        # raw parts, batch by batch: the layer scales are fitted on the bank before anything is scaled
+        bank_parts = [model.embed_parts(model.stage_outputs(trunk, x), x) for x in batches(bank)]
         model.fit_layer_scales([torch.cat([p[k].permute(0, 2, 3, 1).reshape(-1, p[k].shape[1]) for p in bank_parts])
                                 for k in range(config.n_parts)])
         patches = np.concatenate([PatchCore.flatten(model.scale_parts(p)) for p in bank_parts])
@@ -111,8 +122,8 @@ def _view_scores(config: PatchCoreConfig, view: View, trunk: Trunk, bank: list, 
     model.memory_bank = torch.from_numpy(np.ascontiguousarray(patches))
     model.index = build_index(patches, config.index, config.ivf_probes)
     with torch.no_grad():
-        good, bad = ([model.nearest_distances(model.embed_image(trunk, normalise(a[None], spec.mean, spec.std)))
-                      for a in at_view(items)] for items in (probe, anomalies))
+        good, bad = ([d[None] for x in batches(items) for d in model.nearest_distances(model.embed_image(trunk, x))]
+                     for items in (probe, anomalies))
     model.fit_border_scale(good)
     scores = {}
     for sigma in SIGMAS:
