@@ -14,9 +14,7 @@ import zlib
 from pathlib import Path
 
 from xai.errors import UserError
-from xai.io import MAX_BYTES
-
-PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+from xai.io import MAX_BYTES, PICTURE_SUFFIXES
 
 
 class UploadError(UserError, ValueError):

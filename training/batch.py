@@ -16,9 +16,8 @@ import numpy as np
 from PIL import Image
 
 from training.data import NORMAL_NAMES, DataError
-from xai.io import MAX_BYTES, ImageInputError, load_image
+from xai.io import MAX_BYTES, PICTURE_SUFFIXES, ImageInputError, load_image
 
-PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 ZIP_SEP = "::"  # a zip member's path: ARCHIVE.zip::member/name.png
 MAP_SCALE = 1_000  # a 16-bit map PNG holds round(map / threshold x MAP_SCALE): threshold = 1,000, at most 65.5x it
 RESULTS, PARTS = "results.parquet", ".parts"

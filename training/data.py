@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from xai.errors import UserError
+from xai.io import PICTURE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 NORMAL_NAMES = {"good", "ok", "normal", "negative", "free"}
 LAYOUTS = ("mvtec", "imagefolder", "elpv")
 # Model input side per layout. Solar-cell cracks are a few pixels wide in 300 px cells; at 320 px the CNN head's
@@ -60,7 +60,7 @@ class Dataset:
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
 
 
 def is_normal_name(name: str) -> bool:

@@ -28,6 +28,8 @@ PIXELS_PER_BYTE = 100
 # The formats we document; PIL is never asked to identify anything else, so EPS, PDF and friends never reach an
 # external interpreter (Ghostscript) or a rarely exercised decoder.
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
+# the file names taken for pictures wherever a folder, a zip or an upload is read: the FORMATS' suffixes
+PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
