@@ -10,7 +10,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 if [ -z "${DEFECT_XAI_BUNDLES+set}" ]; then
   # A short schedule (EPOCHS=3, solar cells at 224 px instead of 320); every figure the app shows is measured on
-  # these weights. The training scripts' defaults (8 epochs, 320 px cells) are what the README's tables report:
+  # these weights. The training scripts' defaults (8 epochs, 320 px cells) are what docs/benchmarks.md reports:
   # EPOCHS=8 ELPV_SIZE=320 bash scripts/run.sh after rm -r bundles.
   build=()
   data="${DATA:-../shared/data/mvtec_ad/bottle}"

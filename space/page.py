@@ -189,7 +189,7 @@ def _part_section(handlers: Handlers, settings: Settings, wire: Wiring, category
                                 "only; here, download the bundle and run* `python -m training.publish`.")
                 publish_btn = gr.Button("Publish to the Hub")
                 publish_text = gr.Markdown()
-    # one heavy job at a time in all (fits and trainings share a class, whose queue position the page shows)
+    # fits and trainings share one class: two at a time in all, one per caller (space.admission)
     wire(fit_btn.click, handlers.page_fit, [part_files, part_name, part_defects, own],
          [part_card, part_json, own, category])
     wire(train_btn.click, handlers.page_train, category, [train_text, methods, *card])
@@ -202,7 +202,8 @@ def _batch_section(handlers: Handlers, settings: Settings, wire: Wiring, categor
     caps = settings.batch
     gr.Markdown(f"Inspect up to {caps.max_pictures} pictures of the category chosen on the first tab at once "
                 "(files, or a zip): a table of verdicts, the same rows as a CSV file, and the most anomalous with "
-                "their anomaly maps. A whole folder or a day of pictures: `python -m training.inspect` (README).")
+                "their anomaly maps. A whole folder or a day of pictures: `python -m training.inspect` "
+                "(docs/batch-inspection.md).")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             files = UploadedFile(file_count="multiple", label="Pictures (or a zip)", file_types=["image", ".zip"])

@@ -80,7 +80,11 @@ class Teaching:
         return taught
 
     def _copy(self, name: str, caller: str) -> Category:
-        """A private copy of served category `name` for `caller`, held like a fitted category of theirs."""
+        """`caller`'s private copy of served category `name`: the one they hold already, else a new one, held like a
+        fitted category of theirs (so a flood of reviews copies nothing twice)."""
+        for held in self.store.held():
+            if held.owner == caller and held.name == f"{name}{COPY_SUFFIX}":
+                return self.store.get(held.id)
         source = self.catalogue.inspectors[name]
         if source.patchcore is None:
             raise TeachingError(f"{name} has no anomaly detector: reviews teach the detector's bank.")

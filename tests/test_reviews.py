@@ -172,6 +172,9 @@ def test_feedback_through_the_app_teaches_only_the_callers_own_copy(served, serv
         undone = maker.predict(cid, taught["feedback_id"], api_name="/undo_feedback")
         assert undone["undone"] and undone["bank_size"] == taught["bank_size"] - taught["rows_added"]
         assert maker.predict(alarm, cid, api_name="/detect")[1]["score"] == before["score"]
+        time.sleep(1.1)
+        again = maker.predict(alarm, "weave", "defect", api_name="/feedback")  # the same copy, not another
+        assert again["category"] == cid and again["reviews"] == 1
         with pytest.raises(Exception, match="Too many requests"):
             for _ in range(4):
                 maker.predict(alarm, cid, "defect", api_name="/feedback")

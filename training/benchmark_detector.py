@@ -41,7 +41,7 @@ COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "accuracy", "f
 BORDER_PX = 12
 FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 # The plain PatchCore (Roth et al. 2022) on the same trunk with its full bank (no coreset), as overrides of today's
-# defaults: what every choice beyond it is measured against (README, "Beside the plain PatchCore on the same trunk").
+# defaults: what every choice beyond it is measured against (docs/benchmarks.md).
 # "downsample" only matters with `--set layers=1,2,4` on top: a finer stage averaged onto the grid, as PatchCore does.
 PLAIN_PATCHCORE = {"layers": (2, 4), "colour_window": 0, "downsample": "avg", "coreset_ratio": 1.0,
                    "part_scaling": "none", "border_correction": False}

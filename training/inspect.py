@@ -101,7 +101,7 @@ def inspect_local(bundle: str, todo: list[tuple[int, Item]], batch_size: int, ar
     """The local engine: one inspector (the bundle's, unless one is given) shared by `workers` threads (default:
     one a core), each reading, preparing and inspecting a batch at a time with single-threaded torch and FAISS.
     On a 2-core CPU two such pipelines beat one that spreads each step over both cores (the trunk and the search
-    do not halve with two threads, and decoding runs on one): see the README's figures. At most two batches per
+    do not halve with two threads, and decoding runs on one): see docs/benchmarks.md. At most two batches per
     worker are in flight, so memory does not grow with the run; rows come back in the input's order."""
     import faiss
     import torch

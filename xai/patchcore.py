@@ -30,8 +30,8 @@ IVF_PROBES_BEFORE = 16  # what bundles written before ivf_probes was a field wer
 # IVF's error is one-sided: a neighbour it misses makes a patch look further from the bank, never nearer. So the
 # patches that decide a picture's score (its farthest) are searched again with more probes, and the many near ones
 # keep the cheap search. 8 probes + this: the search ~1.8x faster than 16 probes, image scores nearer to exact
-# search, image AUROC unchanged (README). 2 % of the patches covers a peak and its neighbours, which the map's
-# smoothing mixes into its maximum: 5 % was no more exact on bottle and tyre and took twice as long.
+# search, image AUROC unchanged (docs/benchmarks.md). 2 % of the patches covers a peak and its neighbours, which
+# the map's smoothing mixes into its maximum: 5 % was no more exact on bottle and tyre and took twice as long.
 REFINE_SHARE = 0.02  # each picture's patches with the largest approximate distances (at least REFINE_MIN) ...
 REFINE_MIN = 16
 REFINE_PROBES = 4  # ... are searched again with this many times the probes
@@ -72,7 +72,7 @@ class PatchCoreConfig:
     sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in model pixels
     neighbours: int = 1  # patch score = distance to the nearest bank patch
     index: str = "auto"  # "flat" (exact), "ivf", "hnsw", or "auto" (exact up to FLAT_INDEX_MAX vectors, IVF beyond)
-    ivf_probes: int = 8  # IVF cells searched per patch (of 2 sqrt(N)); the README's "bank search" table measures it
+    ivf_probes: int = 8  # IVF cells searched per patch (of 2 sqrt(N)); docs/benchmarks.md measures it
     refine: bool = True  # each picture's farthest patches searched again with more probes (see REFINE_SHARE)
     part_scaling: str = "norm"  # "norm": each part over its mean patch norm (fit_layer_scales); "none": raw parts
     border_correction: bool = True  # border rings' scores scaled to the interior's level (fit_border_scale)
@@ -277,13 +277,13 @@ class PatchCore(nn.Module):
         """Raw patch features [B, C, h/8, w/8] of the normalised batch `x` [B, 3, h, w]: each trunk layer
         3x3-averaged on its own grid, then resampled to the stride-8 patch grid (a finer stage by each channel's
         maximum over its 2x2 cells: the strongest response of a thin line survives, where the average mixed it
-        with the texture beside it; the README measures it); then the colour part.
+        with the texture beside it; docs/benchmarks.md measures it); then the colour part.
 
         The colour part is the picture itself averaged over colour_window x colour_window patches (40 px at 5): a
         3x3 patch of trunk features sees texture, not a faint stain larger than itself, and the trunk's
         normalisations discard the slow shifts of brightness and colour that such a stain is made of. Fitted
         layer scales weigh it like any layer. On a generated weave with a faint blotch it took image AUROC
-        from 0.615 to 1.000; see the README for every dev set."""
+        from 0.615 to 1.000; see docs/benchmarks.md for every dev set."""
         cfg = self.config
         grid = (x.shape[-2] // cfg.feature_stride, x.shape[-1] // cfg.feature_stride)
         k = cfg.aggregation
