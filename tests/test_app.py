@@ -148,7 +148,8 @@ def test_gradio_client_round_trip(catalogue, part, tmp_path, serve):
         client = Client(f"{url}/", verbose=False)
         api = client.view_api(print_info=False, return_format="dict")
         assert set(api["named_endpoints"]) == {"/detect", "/explain", "/info", "/fit", "/train_classifier",
-                                                  "/cancel_training", "/detect_batch"}
+                                                  "/cancel_training", "/detect_batch", "/feedback",
+                                                  "/undo_feedback", "/sensitivity"}
         image, verdict = client.predict(handle_file(str(part)), "binary", api_name="/detect")
         assert verdict["label"] == "blob" and Image.open(image).size == (256, 256)
         for method in catalogue.get("binary").methods():  # every method the bundle offers, as a script sees it

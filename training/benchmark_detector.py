@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.choice import CHOSEN_FIELDS
 from training.cli import run
 from training.data import LAYOUTS, DataError, Dataset, load_dataset
 from training.evaluate import apply_split, evaluate_patchcore, run_detections
@@ -44,7 +45,7 @@ FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False,
 # defaults: what every choice beyond it is measured against (docs/benchmarks.md).
 # "downsample" only matters with `--set layers=1,2,4` on top: a finer stage averaged onto the grid, as PatchCore does.
 PLAIN_PATCHCORE = {"layers": (2, 4), "colour_window": 0, "downsample": "avg", "coreset_ratio": 1.0,
-                   "part_scaling": "none", "border_correction": False}
+                   "part_scaling": "none", "border_correction": False, "choose": False}
 
 
 def border_peak(amap: np.ndarray, margin: int = BORDER_PX) -> bool:
@@ -112,6 +113,8 @@ def with_overrides(config: PatchCoreConfig, settings: list[str]) -> PatchCoreCon
             raise DataError(f"--set takes FIELD=VALUE with a PatchCoreConfig field "
                             f"({', '.join(sorted(defaults))}), got {setting!r}.")
         changes[name] = _read_value(name, value, defaults[name])
+    if any(name in changes for name in CHOSEN_FIELDS):
+        changes.setdefault("choose", False)  # a view or smoothing set by hand is measured as set, not chosen over
     changed = replace(config, **changes)
     problems = changed.problems()
     if problems:  # before hours of fitting, not at the first load

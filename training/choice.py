@@ -49,6 +49,7 @@ VIEWS = (View(320, False), View(224, False), View(224, True), View(320, True))  
 # of the part is the same as the own-pixels view before it, and is scored once, under that name
 SIGMAS = (4.0, 2.0, 8.0)  # the map's smoothing in model pixels
 DEFAULT_VIEW, DEFAULT_SIGMA = View(320, True), 4.0  # kept unless the evidence says otherwise
+CHOSEN_FIELDS = ("short_side", "enlarge", "sigma")  # a config that sets one of these by hand fixes it: no choice
 CONFIDENCE = 0.95  # another candidate must separate better in this share of the bootstrap's resamples ...
 BOOTSTRAP = 400  # ... of the held-out pictures
 PROBE_PICTURES = 12  # held-out good pictures scored per view ...

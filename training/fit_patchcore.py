@@ -314,11 +314,12 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = PatchCoreConfig()
     parser = training_parser("python -m training.fit_patchcore", __doc__)
-    parser.add_argument("--short-side", type=int, default=defaults.short_side,
-                        help="the detector's view: each picture's shorter side in model pixels (default: %(default)s)")
-    parser.add_argument("--choose", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--short-side", type=int, default=None,
+                        help="the detector's view, fixed: each picture's shorter side in model pixels (default: "
+                        f"chosen per part, {defaults.short_side} unless the evidence says otherwise)")
+    parser.add_argument("--choose", action=argparse.BooleanOptionalAction, default=None,
                         help="choose the view and smoothing per part from the fit's own evidence (training.choice; "
-                        "--no-choose: the default view and smoothing)")
+                        "the default unless --short-side fixes the view; --no-choose: the default view and smoothing)")
     parser.add_argument("--coreset-ratio", type=float, default=defaults.coreset_ratio)
     parser.add_argument("--max-bank-size", type=int, default=defaults.max_bank_size)
     parser.add_argument("--index", choices=CONFIG_CHOICES["index"], default=defaults.index)
@@ -333,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     dataset = load_dataset(args.layout, args.data, args.test_fraction, args.seed)
     config = PatchCoreConfig(input_size=args.input_size or input_size_for(args.layout, Path(args.out)),
-                             short_side=args.short_side, choose=args.choose,
+                             short_side=args.short_side or PatchCoreConfig.short_side,
+                             choose=args.short_side is None if args.choose is None else args.choose,
                              coreset_ratio=args.coreset_ratio,
                              max_bank_size=args.max_bank_size, index=args.index, seed=args.seed)
     start = time.perf_counter()
