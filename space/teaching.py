@@ -75,8 +75,10 @@ class Teaching:
             raise TeachingError("Only a category you made (with Fit, or by reviewing a served one) can be taught or "
                                 "undone; a review of a served category makes you your own copy of it.")
         taught = self.store.get(category)
-        if taught.owner and taught.owner != caller:
+        if not taught.owner or taught.owner != caller:  # one nobody made here (placed by hand) is nobody's to teach
             raise TeachingError("Only whoever made this category can teach it.")
+        if taught.pins:  # its classifier is training on a copy that replaces the bundle when done
+            raise TeachingError("This category's classifier is training; teach it once the training ends.")
         return taught
 
     def _copy(self, name: str, caller: str) -> Category:

@@ -327,7 +327,9 @@ class Inspector:
         `save_reviews`."""
         self._need_detector()
         with self._reviewing:
-            self.reviews.sensitivity = None if share is None else check_sensitivity(share)
+            if share is not None:
+                sensitivity_threshold(self.good_scores(), check_sensitivity(share))  # refused before any change
+            self.reviews.sensitivity = None if share is None else float(share)
             self._apply_sensitivity()
         return self._sensitivity
 
@@ -353,7 +355,11 @@ class Inspector:
                         "the pictures reviewed good among its good pictures, or undo some reviews.")
                 if len(added):
                     self.patchcore.extend_index(added)
-            after = self.detect(image).scores["patchcore"] if len(added) else before
+            try:
+                after = self.detect(image).scores["patchcore"] if len(added) else before
+            except BaseException:  # the index back as the recorded reviews make it: no untracked rows
+                self.patchcore.rebuild_index(self.reviews.rows)
+                raise
             entry = new_review(verdict, before, after, self.thresholds["patchcore"], len(added), image.size, name)
             rows = added if self.reviews.rows is None else np.concatenate([self.reviews.rows, added])
             self.reviews = Reviews([*self.reviews.entries, entry], rows if len(rows) else None,
@@ -405,6 +411,8 @@ class Inspector:
         """The detector's threshold from the sensitivity (or the fit's), and the summary /detect and /info show."""
         good = self.good_scores()
         share = self.reviews.sensitivity
+        if share is not None and len(good) < 2:  # an undo took the good scores it was read from: the fit's again
+            self.reviews.sensitivity = share = None
         threshold = self.fitted_threshold if share is None else sensitivity_threshold(good, share)
         self.thresholds = {**self.thresholds, "patchcore": threshold}
         flagged = flagged_share(good, threshold) if share is None else share

@@ -175,7 +175,8 @@ def covering_rows(rows: np.ndarray, distances: np.ndarray, factors: np.ndarray, 
     border-scaled distance (`distances` [P] to the bank now, times its border `factors` [P]) to `target` or below:
     greedily the patch farthest from the bank and the rows picked so far (see the module docstring)."""
     rows = np.ascontiguousarray(rows, np.float32)
-    near = np.asarray(distances, np.float64) * factors
+    target = max(float(target), 0.0) if np.isfinite(target) else 0.0  # every patch at 0 at worst: it ends
+    near = np.nan_to_num(np.asarray(distances, np.float64) * factors, nan=np.inf)
     squared = np.einsum("ij,ij->i", rows, rows)
     picked: list[int] = []
     while near.max() > target:
