@@ -10,7 +10,7 @@ from pathlib import Path
 
 from space.categories import BUNDLE, Category
 from xai.errors import UserError
-from xai.reviews import Review, check_sensitivity, check_verdict
+from xai.reviews import Review, check_verdict, read_sensitivity
 
 COPY_SUFFIX = " (reviewed)"
 
@@ -45,7 +45,7 @@ class Teaching:
     def sensitivity(self, category, share, caller: str) -> dict:
         """Flag about `share` of good parts from now on (None or "fit": the fit's threshold): the /sensitivity JSON.
         A served category is copied for the caller first, as for a review."""
-        share = None if share in (None, "", "fit") else check_sensitivity(_number(share))
+        share = read_sensitivity(share)
         taught, copied_from = self._own(category, caller)
         taught.inspector.set_sensitivity(share)
         self._save(taught)
@@ -114,12 +114,3 @@ class Teaching:
                 "rows_added": review.rows, "reviews": len(inspector.reviews.entries),
                 "sensitivity": inspector.sensitivity()}
 
-
-def _number(value):
-    """A share sent as text (the page's choices) as a number; anything else as it came, for the range check."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value

@@ -20,15 +20,14 @@ FIT = "fit"  # --sensitivity fit: back to the fit's threshold
 
 
 def sensitivity_arg(text: str):
-    from xai.reviews import ReviewError, check_sensitivity
+    """--sensitivity's value: a share (xai.reviews.read_sensitivity), or FIT for the fit's threshold."""
+    from xai.reviews import ReviewError, read_sensitivity
 
-    if text.strip().lower() == FIT:
-        return FIT
     try:
-        return check_sensitivity(float(text))
-    except (ValueError, ReviewError) as exc:
-        message = str(exc) if isinstance(exc, ReviewError) else f"a share such as 0.02, or {FIT}, not {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
+        share = read_sensitivity(text)
+    except ReviewError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return FIT if share is None else share
 
 
 class FeedbackError(UserError, ValueError):

@@ -52,9 +52,6 @@ class Detection:
     sensitivity: dict | None = None  # the detector's run-time sensitivity (Inspector.sensitivity), when it has one
 
     def to_json(self) -> dict:
-        return {**self._fields(), "sensitivity": self.sensitivity}
-
-    def _fields(self) -> dict:
         return {
             "label": self.label, "is_defect": self.is_defect, "score": round(self.score, 6),
             "threshold": round(self.threshold, 6), "decided_by": self.decided_by,
@@ -63,6 +60,7 @@ class Detection:
             "class_probabilities": {c: {k: round(v, 6) for k, v in p.items()}
                                     for c, p in self.class_probabilities.items()},
             "image_size": list(self.image_size), "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "sensitivity": self.sensitivity,
         }
 
 
@@ -342,23 +340,26 @@ class Inspector:
         with self._reviewing:
             if len(self.reviews.entries) >= MAX_REVIEWS:
                 raise ReviewError(f"This category keeps {MAX_REVIEWS} reviews at most; undo some, or refit it.")
-            x = self.model_input(image, "patchcore")
-            before = self.detect(image).scores["patchcore"]
-            added = np.zeros((0, self.patchcore.memory_bank.shape[1]), np.float32)
+            pc = self.patchcore
+            with torch.no_grad():  # one trunk pass: the scores before and after are searches of the same patches
+                embedding = pc.embed_image(self.trunk, self.model_input(image, "patchcore"))
+            distances = pc.nearest_distances(embedding)
+            before = self._image_score(distances)
+            added = np.zeros((0, pc.memory_bank.shape[1]), np.float32)
             if verdict == "good":
-                added = self._covering(x)
-                cap = rows_cap(len(self.patchcore.memory_bank))
+                added = self._covering(embedding, distances)
+                cap = rows_cap(len(pc.memory_bank))
                 if self.reviews.n_rows + len(added) > cap:
                     raise ReviewError(
                         f"This category's bank has taken {self.reviews.n_rows:,} patches from reviewed pictures and "
                         f"this one needs {len(added):,} more; it holds {cap:,} at most. Refit the category with "
                         "the pictures reviewed good among its good pictures, or undo some reviews.")
                 if len(added):
-                    self.patchcore.extend_index(added)
+                    pc.extend_index(added)
             try:
-                after = self.detect(image).scores["patchcore"] if len(added) else before
+                after = self._image_score(pc.nearest_distances(embedding)) if len(added) else before
             except BaseException:  # the index back as the recorded reviews make it: no untracked rows
-                self.patchcore.rebuild_index(self.reviews.rows)
+                pc.rebuild_index(self.reviews.rows)
                 raise
             entry = new_review(verdict, before, after, self.thresholds["patchcore"], len(added), image.size, name)
             rows = added if self.reviews.rows is None else np.concatenate([self.reviews.rows, added])
@@ -393,15 +394,18 @@ class Inspector:
         if self.patchcore is None:
             raise ReviewError(f"{self.bundle.category} has no anomaly detector: reviews teach the detector's bank.")
 
-    def _covering(self, x: torch.Tensor) -> np.ndarray:
-        """The rows of the picture `x` that bring it to a typical good picture's score (xai.reviews)."""
+    def _image_score(self, distances: torch.Tensor) -> float:
+        """The detector's image score from one picture's nearest-bank distances [1, h, w] (as detect scores it)."""
+        pc = self.patchcore
+        return float(pc.image_score(pc.anomaly_map(pc.scale_borders(distances)))[0])
+
+    def _covering(self, embedding: torch.Tensor, distances: torch.Tensor) -> np.ndarray:
+        """The rows of one picture's `embedding` [1, D, h, w] (at `distances` [1, h, w] from the bank) that bring it
+        to a typical good picture's score (xai.reviews)."""
         from xai.patchcore import border_factors
 
         pc = self.patchcore
-        with torch.no_grad():
-            embedding = pc.embed_image(self.trunk, x)
-        distances = pc.nearest_distances(embedding)[0]
-        factors = border_factors(pc.border_scale, tuple(distances.shape)).flatten().numpy()
+        factors = border_factors(pc.border_scale, tuple(distances.shape[-2:])).flatten().numpy()
         good = self.good_scores()
         target = float(np.median(good)) if good else 0.5 * self.thresholds["patchcore"]
         rows = pc.flatten(embedding)

@@ -360,7 +360,7 @@ class PatchCore(nn.Module):
 
     def ensure_index(self) -> None:
         if self.index is None:
-            self.index = build_index(self.memory_bank.numpy(), self.config.index, self.config.ivf_probes)
+            self.rebuild_index()
 
     def extend_index(self, rows: np.ndarray) -> None:
         """Add `rows` [R, D] to a copy of the index, then swap it in: a search running meanwhile keeps the old one.

@@ -148,6 +148,20 @@ def check_sensitivity(share) -> float:
     return float(share)
 
 
+def read_sensitivity(value) -> float | None:
+    """A sensitivity as a request or a command line sends it: None, "" or "fit" for the fit's threshold, else a
+    share (a number, or its text), checked by check_sensitivity."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("", "fit"):
+            return None
+        try:
+            value = float(word)
+        except ValueError:
+            pass
+    return None if value is None else check_sensitivity(value)
+
+
 def sensitivity_threshold(good_scores: list[float], share: float) -> float:
     """The threshold that flags `share` of good pictures, by the model fitted to `good_scores`."""
     if len(good_scores) < 2:
