@@ -110,6 +110,9 @@ class Teaching:
                 "verdict": review.verdict, "score_before": review.score_before, "score_after": review.score_after,
                 "is_defect_after": review.score_after > threshold, "threshold": round(threshold, 6),
                 "decided_by": inspector.decision,
+                "note": None if inspector.decision == "patchcore" else
+                f"{taught.name}'s verdict comes from its {inspector.decision}, which reviews do not retrain: they "
+                "teach its anomaly detector (score, map, report) only.",
                 "bank_size": len(inspector.patchcore.memory_bank) + inspector.reviews.n_rows,
                 "rows_added": review.rows, "reviews": len(inspector.reviews.entries),
                 "sensitivity": inspector.sensitivity()}

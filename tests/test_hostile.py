@@ -512,3 +512,53 @@ def test_one_callers_long_fit_does_not_hold_up_another_visitors_fit(space_server
     finally:
         release.set()
         holder.join(60)
+
+
+def test_reviews_from_many_addresses_teach_only_their_own_copies(classifier_bundle, serve, part, tmp_path):
+    """Eight visitors each post three /feedback calls at once on the served category, with odd arguments beside:
+    each gets at most one private copy (the rest are refused by their rate, never queued behind), the served
+    category scores exactly as before, nobody's call reaches another's copy, odd arguments get their one-line
+    message, and a normal /detect still answers."""
+    from space.categories import CategoryLimits
+
+    folder = tmp_path / "binary"
+    shutil.copytree(classifier_bundle, folder)
+    catalogue = Catalogue.from_sources(str(folder), CategoryLimits(capacity=16, per_caller=3))
+    served_before = catalogue.get("binary").detect(part).score
+    with serve(catalogue, trusted_hops=1) as (url, _):
+        picture = upload(url, part)
+        addresses = [f"198.51.100.{20 + i}" for i in range(8)]
+
+        def flood(address: str) -> list:
+            return [call(url, "feedback", [picture, "binary", "good"], headers=visitor(address)) for _ in range(3)]
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = dict(zip(addresses, pool.map(flood, addresses)))
+        copies = {}
+        for address, results in outcomes.items():
+            done = [data for kind, data in results if kind == "complete"]
+            refused = [data for kind, data in results if kind == "error"]
+            assert done and all("Too many requests" in str(r) for r in refused), (address, refused)
+            copies[address] = {d[0]["category"] for d in done}
+            assert len(copies[address]) == 1 and all(d[0]["copied_from"] == "binary" for d in done)
+            assert "classifier" in done[0][0]["note"]  # the verdict is the head's: the answer says so
+        assert len({c for ids in copies.values() for c in ids}) == len(addresses)  # one copy each, none shared
+        owners = {c.id: c.owner for c in catalogue.made.held()}
+        assert all(owners[next(iter(copies[a]))] == a for a in addresses)
+        mine, theirs = addresses[0], next(iter(copies[addresses[1]]))
+        time.sleep(1.1)
+        kind, message = call(url, "undo_feedback", [theirs, "x"], headers=visitor(mine))
+        assert kind == "error" and "Only whoever made this category" in str(message)
+        for args in ([picture, "binary", 5], [picture, "binary", "x" * 5000], [picture, None, "good"],
+                     [picture, ["binary"], "good"]):
+            time.sleep(1.1)
+            kind, message = call(url, "feedback", args, headers=visitor(addresses[2]))
+            assert kind == "error" and "Something went wrong" not in str(message), (args[1:], message)
+            assert len(str(message)) < 6000 and "Traceback" not in str(message)
+        for share in (0.0, "nan", [0.1], 1e300):
+            time.sleep(1.1)
+            kind, message = call(url, "sensitivity", ["binary", share], headers=visitor(addresses[3]))
+            assert kind == "error" and "Traceback" not in str(message), (share, message)
+        assert catalogue.get("binary").detect(part).score == served_before
+        assert catalogue.get("binary").reviews.entries == []
+        assert still_serving(url, part) < 20
