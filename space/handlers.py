@@ -28,15 +28,14 @@ from space.render import (
     verdict_markdown,
 )
 from space.settings import Settings
-from space.teaching import Teaching
+from space.teaching import REVIEW_COLUMNS, Teaching
 from xai.errors import UserError
 from xai.explainers import captions, slow_methods
 from xai.io import ImageInputError
 
 LOG = logging.getLogger("defect_xai")
 QUICK_METHODS = 3  # methods ticked when a category is chosen: its first fast ones
-REVIEW_COLUMNS = ["feedback_id", "verdict", "picture", "score_before", "score_after", "threshold_then",
-                  "patches_added", "at"]
+MAX_OWN = 20  # categories one page session lists as its own
 
 
 def handler(event: str) -> Callable:
@@ -79,6 +78,11 @@ def _path(file) -> str:
     if file is None:
         raise ImageInputError("No image was sent.")
     return file if isinstance(file, str) else getattr(file, "name", str(file))
+
+
+def _remember(own, cid: str) -> list[str]:
+    """The page session's own category ids with `cid` (once, newest last), at most MAX_OWN."""
+    return [*(c for c in own or [] if c != cid), cid][-MAX_OWN:]
 
 
 class Handlers:
@@ -241,7 +245,7 @@ class Handlers:
         """The page after a review, an undo or a new sensitivity: the taught category chosen (a served one's copy
         added to this session's list), the picture's verdict again, and the review list."""
         cid = answer["category"]
-        own = [*(own or []), cid][-20:] if cid not in (own or []) else own
+        own = _remember(own, cid)
         shown = verdict_text = verdict = None
         if image is not None:
             picture, verdict = self.catalogue.detect(_path(image), cid)
@@ -266,7 +270,7 @@ class Handlers:
     def page_fit(self, images, name, defects, own, progress=gr.Progress(track_tqdm=True),
                  request: gr.Request = None):
         fitted = self.parts.fit(_paths(images), name, self.caller(request), _paths(defects) if defects else None)
-        own = [*(own or []), fitted["category"]][-20:]
+        own = _remember(own, fitted["category"])
         return (part_card_markdown(fitted), fitted, own,
                 gr.Dropdown(choices=self.catalogue.choices(own), value=fitted["category"]))
 

@@ -13,6 +13,8 @@ from xai.errors import UserError
 from xai.reviews import Review, check_verdict, read_sensitivity
 
 COPY_SUFFIX = " (reviewed)"
+REVIEW_COLUMNS = ["feedback_id", "verdict", "picture", "score_before", "score_after", "threshold_then",
+                  "patches_added", "at"]  # the review list's columns, as Teaching.reviews makes its rows
 
 
 class TeachingError(UserError, ValueError):
