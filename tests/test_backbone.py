@@ -55,7 +55,8 @@ def test_trunk_stages_and_strides(trunk):
     with torch.no_grad():
         outs = trunk(x)
     assert [o.shape[-1] for o in outs] == [112, 56, 28, 14, 14, 7, 7]
-    assert [o.shape[1] for o in outs] == trunk.stage_channels
+    last_convs = [[m for m in stage.modules() if isinstance(m, torch.nn.Conv2d)][-1] for stage in trunk.blocks]
+    assert [o.shape[1] for o in outs] == [conv.out_channels for conv in last_convs]
     assert not any(p.requires_grad for p in trunk.parameters())
     with torch.no_grad():
         assert len(trunk(x, upto=2)) == 3
@@ -64,8 +65,10 @@ def test_trunk_stages_and_strides(trunk):
 def test_fused_trunk_and_head_match_the_originals():
     import copy
 
+    from measures import same_outputs
+
     from xai.backbone import Trunk
-    from xai.fusion import fuse_conv_bn, fused_copy_is_equivalent
+    from xai.fusion import fuse_conv_bn
     from xai.heads import HeadConfig, create_head
 
     model = create_imagenet_model()
@@ -73,11 +76,11 @@ def test_fused_trunk_and_head_match_the_originals():
     fused = copy.deepcopy(plain)
     assert fuse_conv_bn(fused) == 48  # stem + block 0 (2 convs) + 15 inverted residuals (3 each)
     x = torch.randn(2, 3, 224, 224)
-    assert fused_copy_is_equivalent(plain, fused, x)
+    assert same_outputs(plain, fused, x)
     head = create_head(HeadConfig("cnn", 2), model).eval()
     fused_head = copy.deepcopy(head)
     assert fuse_conv_bn(fused_head) == 16  # 5 blocks x 3 + the head conv
     f = plain(x, upto=4)[4]
-    assert fused_copy_is_equivalent(head, fused_head, f)
+    assert same_outputs(head, fused_head, f)
     with pytest.raises(ValueError, match="eval-mode"):
         fuse_conv_bn(create_head(HeadConfig("cnn", 2), model).train())

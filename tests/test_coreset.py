@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from measures import coverage_radius
 
-from xai.coreset import coverage_radius, kcenter_greedy, random_projection
+from xai.coreset import kcenter_greedy, random_projection
 
 
 def plain_greedy(x: np.ndarray, k: int) -> np.ndarray:

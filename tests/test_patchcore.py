@@ -260,7 +260,7 @@ def test_defects_of_every_size_peak_on_the_defect(inspector, make):
 def test_the_random_bank_baseline_covers_worse_than_the_coreset_at_equal_size():
     """The bank samplers the benchmark compares: both keep the same number of distinct training patches, and the
     greedy coreset covers the training set more tightly (smaller largest distance) than a random sample."""
-    from xai.coreset import coverage_radius
+    from measures import coverage_radius
 
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(40, 16)).astype(np.float32) * 4

@@ -127,10 +127,6 @@ class Trunk(nn.Module):
         bundles share it."""
         return file_sha256(checkpoint_path(self.name))
 
-    @property
-    def stage_channels(self) -> list[int]:
-        return [[m for m in stage.modules() if isinstance(m, nn.Conv2d)][-1].out_channels for stage in self.blocks]
-
     def forward(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """Stage outputs for a normalised batch; stops after stage `upto` when given."""
         x = self.bn1(self.conv_stem(x.contiguous(memory_format=torch.channels_last)))

@@ -79,13 +79,3 @@ def kcenter_greedy(x: np.ndarray, n_select: int, seed: int = 0, cell_size: int =
     if on_progress is not None and len(selected) > reported:
         on_progress(len(selected) - reported)
     return np.asarray(selected, dtype=np.int64)
-
-
-def coverage_radius(x: np.ndarray, centres: np.ndarray) -> float:
-    """Largest distance from a row of `x` to its nearest centre (the k-center objective)."""
-    import faiss
-
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(np.ascontiguousarray(centres, dtype=np.float32))
-    dist, _ = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return float(np.sqrt(max(dist.max(), 0.0)))

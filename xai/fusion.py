@@ -6,7 +6,6 @@ forward + backward pass (what every gradient explainer pays) and changes outputs
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -32,12 +31,3 @@ def fuse_conv_bn(module: nn.Module) -> int:
                 setattr(parent, bn_name, _bn_tail(bn))
                 fused += 1
     return fused
-
-
-def fused_copy_is_equivalent(original: nn.Module, fused: nn.Module, example: torch.Tensor, tol: float = 1e-4) -> bool:
-    """Check a fused module against the original on one input (a guard for sibling-order assumptions)."""
-    with torch.no_grad():
-        a, b = original(example), fused(example)
-    if isinstance(a, (list, tuple)):
-        return all(torch.allclose(x, y, atol=tol, rtol=tol) for x, y in zip(a, b))
-    return bool(torch.allclose(a, b, atol=tol, rtol=tol))
