@@ -151,3 +151,34 @@ def test_a_bundle_from_before_the_320_view_keeps_its_224_view(texture_bundle, tr
     inspector = Inspector(load(old), trunk)
     assert inspector.patchcore.config.short_side == 224 and inspector.patchcore.config.sampler == "coreset"
     assert inspector.detect(texture(np.random.default_rng(4), *WIDE)).anomaly_map.shape == (224, 672)
+
+
+def test_bundle_json_reads_into_typed_metadata_and_back_as_its_own_keys(texture_bundle):
+    """A fitted bundle's bundle.json survives BundleMeta unchanged (its top-level thresholds are the components'
+    own); a format-1 one comes back in today's format, with the settings that keep it square and exact."""
+    from xai.bundle_meta import FORMAT_VERSION, BundleMeta
+
+    stored = json.loads((texture_bundle / "bundle.json").read_text())
+    meta = BundleMeta.from_json(stored)
+    assert meta.to_json() == stored and meta.thresholds == stored["thresholds"]
+    assert meta.patchcore.config == PatchCoreConfig.from_dict(stored["components"]["patchcore"]["config"])
+    old = json.loads(json.dumps(stored))
+    old["format_version"] = 1
+    del old["components"]["patchcore"]["config"]["keep_aspect"], old["components"]["patchcore"]["config"][
+        "border_correction"]
+    again = BundleMeta.from_json(old).to_json()
+    assert again["format_version"] == FORMAT_VERSION
+    assert {k: again["components"]["patchcore"]["config"][k] for k in ("keep_aspect", "border_correction")} == {
+        "keep_aspect": False, "border_correction": False}
+
+
+def test_every_config_field_added_later_says_what_its_absence_meant():
+    """Each field a migration step fills carries its bounds or choices or flag, and the value older bundles meant."""
+    from dataclasses import fields
+
+    from xai.patchcore import CONFIG_MIGRATIONS, CONFIG_VERSIONS
+
+    assert [version for version, _ in CONFIG_MIGRATIONS] == list(CONFIG_VERSIONS)
+    for f in fields(PatchCoreConfig):
+        assert not f.metadata.get("since") or "before" in f.metadata, f.name
+        assert f.name in ("trunk", "layers", "max_bank_size") or {"bounds", "choices", "flag"} & set(f.metadata)

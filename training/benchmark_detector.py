@@ -35,7 +35,7 @@ from training.evaluate import apply_split, evaluate_patchcore, run_detections
 from training.fit_patchcore import fit
 from xai.bundle import load
 from xai.inspector import Inspector
-from xai.patchcore import CONFIG_CHOICES, PatchCoreConfig
+from xai.patchcore import PatchCoreConfig, config_choices
 
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "accuracy", "false_alarm_rate", "pointing_game",
            "border_peaks", "view", "bank_size", "fit_s", "ms_per_image")
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True, help="where to write the figures")
     parser.add_argument("--layout", choices=LAYOUTS, default="mvtec")
     parser.add_argument("--out", help="keep the fitted bundles in this folder (default: a temporary one)")
-    parser.add_argument("--index", choices=CONFIG_CHOICES["index"], default="auto",
+    parser.add_argument("--index", choices=config_choices("index"), default="auto",
                         help="nearest-neighbour index (default: the detector's own; flat = exact, for comparison)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override one PatchCoreConfig field for every set (repeatable), e.g. short_side=224 or "

@@ -6,30 +6,22 @@ from pathlib import Path
 
 from training.data import Dataset, write_split
 from xai.backbone import TRUNKS, checkpoint_path, file_sha256
-from xai.bundle import read_meta, write_meta
+from xai.bundle import read_bundle_meta, write_meta
+from xai.bundle_meta import BundleMeta, Preprocessing, TrunkMeta
 
 
-def describe(out: Path, dataset: Dataset, trunk: str, input_size: int, category: str | None,
-             threshold: tuple[str, float] | None = None) -> dict:
+def describe(out: Path, dataset: Dataset, trunk: str, input_size: int, category: str | None) -> BundleMeta:
     """Write the shared keys (and split.json) into `out`'s bundle.json; components stay as they are."""
     spec = TRUNKS[trunk]
-    meta = read_meta(out)
-    recorded = meta.get("preprocessing", {}).get("input_size")
-    if recorded is not None and recorded != input_size:
-        raise ValueError(f"{out} holds components trained at {recorded} px; cannot add one at {input_size} px.")
-    meta.update({
-        "category": category or meta.get("category") or dataset.provenance.get("name") or Path(dataset.root).name,
-        "labels": dataset.labels,
-        "normal_label": dataset.normal_label,
-        "preprocessing": {"input_size": input_size, "resize": "bilinear, whole image, no crop",
-                          "mean": list(spec.mean), "std": list(spec.std)},
-        "trunk": {"name": trunk, "timm_name": spec.timm_name,
-                  "weights_package": spec.weights_package.replace("_", "-"),
-                  "weights_sha256": file_sha256(checkpoint_path(trunk))},
-        "data": dataset.provenance,
-    })
-    if threshold is not None:
-        meta.setdefault("thresholds", {})[threshold[0]] = threshold[1]
+    meta = read_bundle_meta(out)
+    if meta.input_size is not None and meta.input_size != input_size:
+        raise ValueError(f"{out} holds components trained at {meta.input_size} px; cannot add one at {input_size} px.")
+    meta.category = category or meta.category or dataset.provenance.get("name") or Path(dataset.root).name
+    meta.labels, meta.normal_label = dataset.labels, dataset.normal_label
+    meta.preprocessing = Preprocessing(input_size, "bilinear, whole image, no crop", list(spec.mean), list(spec.std))
+    meta.trunk = TrunkMeta(trunk, spec.timm_name, spec.weights_package.replace("_", "-"),
+                           file_sha256(checkpoint_path(trunk)))
+    meta.data = dataset.provenance
     write_meta(out, meta)
     write_split(dataset, out)
     return meta

@@ -6,15 +6,16 @@ import html
 import json
 from pathlib import Path
 
-from xai.bundle import read_meta
+from xai.bundle import read_bundle_meta
+from xai.bundle_meta import BundleMeta, PatchCoreMeta
 
 
-def card_data(meta: dict):
+def card_data(meta: BundleMeta):
     """The card's metadata (the Hub's YAML front matter) through huggingface_hub's own ModelCardData."""
     from huggingface_hub import ModelCardData
 
-    data = meta.get("data", {})
-    metrics = meta.get("metrics", {})
+    data = meta.data or {}
+    metrics = meta.metrics or {}
     names = sorted({k for comp in metrics.values() if isinstance(comp, dict) for k in comp
                     if k in ("image_auroc", "pixel_auroc", "aupro", "f1", "accuracy")})
     return ModelCardData(license=data.get("license") or "other", library_name="defect-xai",
@@ -23,9 +24,9 @@ def card_data(meta: dict):
                          datasets=[data["name"]] if data.get("name") else None, metrics=names or None)
 
 
-def choice_lines(patchcore: dict) -> list[str]:
+def choice_lines(patchcore: PatchCoreMeta | None) -> list[str]:
     """The card's section on how the fit chose the detector's view and smoothing (training.choice)."""
-    choice = patchcore.get("choice")
+    choice = None if patchcore is None else patchcore.choice
     if not isinstance(choice, dict):
         return []
     lines = ["", "## How the detector's settings were chosen", ""]
@@ -46,27 +47,31 @@ def choice_lines(patchcore: dict) -> list[str]:
     return lines
 
 
-def render_card(meta: dict) -> str:
-    """Markdown card: what the bundle is, its data and licence, its threshold rule and its measured metrics."""
-    category = html.escape(str(meta.get("category", "?")))  # a visitor names their part: text, never markup
-    comps = meta.get("components", {})
-    data = meta.get("data", {})
+def render_card(meta: BundleMeta | dict) -> str:
+    """Markdown card: what the bundle is, its data and licence, its threshold rule and its measured metrics
+    (`meta` typed, or a bundle.json's raw keys)."""
+    meta = meta if isinstance(meta, BundleMeta) else BundleMeta.from_json(meta)
+    category = html.escape(str("?" if meta.category is None else meta.category))  # a visitor's name: text, not markup
+    comps = meta.components
+    data = meta.data or {}
+    detector = meta.patchcore
     parts = ["---", card_data(meta).to_yaml(), "---", "", f"# defect-xai bundle: {category}", "",
              "Models for the defect-xai explainable visual inspection app: a PatchCore-style anomaly detector "
-             f"on a frozen ImageNet {meta.get('trunk', {}).get('name', '')} trunk"
+             f"on a frozen ImageNet {(meta.trunk and meta.trunk.name) or ''} trunk"
              + (" and classification heads" if len(comps) > 1 else "") + ".", "",
              "## Components", ""]
     for name, comp in comps.items():
-        fit = comp.get("fit", {})
-        parts.append(f"- **{name}**: threshold {comp.get('threshold', float('nan')):.4f} "
-                     f"({comp.get('threshold_rule', '')}); fitted on {fit.get('n_images', '?')} images, "
+        fit = (comp.fit if isinstance(comp, PatchCoreMeta) else None) or {}
+        threshold = float("nan") if comp.threshold is None else comp.threshold
+        parts.append(f"- **{name}**: threshold {threshold:.4f} "
+                     f"({comp.threshold_rule or ''}); fitted on {fit.get('n_images', '?')} images, "
                      f"memory bank {fit.get('bank_size', '?')} patches.")
-    parts += choice_lines(comps.get("patchcore", {}))
-    cal = comps.get("patchcore", {}).get("calibration", {})
+    parts += choice_lines(detector)
+    cal = (detector and detector.calibration) or {}
     if "synthetic" in cal:
         syn = cal["synthetic"]
         parts += ["", "## How the threshold was chosen", "",
-                  f"Rule: {comps['patchcore'].get('threshold_rule', '')}. Evidence, on pictures the memory bank never "
+                  f"Rule: {detector.threshold_rule or ''}. Evidence, on pictures the memory bank never "
                   "saw (every score is in bundle.json):", "",
                   f"- {cal.get('n_images', '?')} held-out good pictures: {cal.get('false_alarm_rate', 0):.1%} "
                   "above the threshold (false alarms)",
@@ -80,9 +85,9 @@ def render_card(meta: dict) -> str:
               f"- layout `{data.get('layout', '?')}`, dataset `{data.get('name', '?')}`, licence "
               f"`{data.get('license') or 'unknown'}`" + (f"; cite: {data['citation']}" if data.get("citation") else ""),
               ""]
-    if meta.get("metrics"):
+    if meta.metrics:
         parts += ["## Evaluation (`python -m training.evaluate`)", "", "```json",
-                  json.dumps(meta["metrics"], indent=2), "```", ""]
+                  json.dumps(meta.metrics, indent=2), "```", ""]
     parts += ["## Use", "", "```python", "from xai.inspector import Inspector",
               "inspector = Inspector.from_source('PATH_OR_REPO_ID')", "print(inspector.detect('part.png').to_json())",
               "```", ""]
@@ -93,4 +98,4 @@ def write_card(folder: Path) -> None:
     """The bundle's README.md, as huggingface_hub writes a model card."""
     from huggingface_hub import ModelCard
 
-    ModelCard(render_card(read_meta(Path(folder)))).save(Path(folder) / "README.md")
+    ModelCard(render_card(read_bundle_meta(Path(folder)))).save(Path(folder) / "README.md")

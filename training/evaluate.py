@@ -23,7 +23,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from training.card import write_card
 from training.cli import progress, run
 from training.data import LAYOUTS, DataError, Dataset, load_dataset
-from xai.bundle import read_meta, save_examples, write_meta
+from xai.bundle import read_bundle_meta, save_examples, write_meta
 from xai.inspector import Inspector
 from xai.metrics import aupro, auroc, binary_report, f1_max, pointing_game
 
@@ -201,9 +201,9 @@ def evaluate_into(bundle: str | Path, dataset: Dataset, json_path: Path | None =
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
     bundle_dir = inspector.bundle.path
     if store and Path(bundle).is_dir():
-        meta = read_meta(bundle_dir)
-        meta.setdefault("metrics", {}).update({k: v for k, v in result.items() if k != "n_images"})
-        meta["metrics"]["n_images"] = result["n_images"]
+        meta = read_bundle_meta(bundle_dir)
+        meta.metrics = {**(meta.metrics or {}), **{k: v for k, v in result.items() if k != "n_images"},
+                        "n_images": result["n_images"]}
         save_examples(bundle_dir, meta, pick_examples(dataset))
         write_meta(bundle_dir, meta)
         write_card(bundle_dir)

@@ -36,7 +36,7 @@ from training.score_model import fit_score_model
 from xai.backbone import TRUNKS, Trunk, create_trunk, normalise
 from xai.bundle import RETRIEVAL_DIR, save_patchcore, save_tensors, thumbnail_name
 from xai.metrics import heatmap_auroc, pointing_game
-from xai.patchcore import CONFIG_CHOICES, PatchCore, PatchCoreConfig
+from xai.patchcore import PatchCore, PatchCoreConfig, config_choices
 from xai.score_model import ScoreModel
 
 MIN_CALIBRATION = 3
@@ -306,7 +306,7 @@ def fit(dataset: Dataset, out: Path, config: PatchCoreConfig, batch_size: int = 
     if score_model is not None:
         save_tensors(out, ScoreModel.WEIGHTS, score_model.to_tensors())
     save_patchcore(out, model, info)
-    describe(out, dataset, config.trunk, config.input_size, category, ("patchcore", threshold))
+    describe(out, dataset, config.trunk, config.input_size, category)
     write_card(out)
     return info
 
@@ -322,7 +322,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "the default unless --short-side fixes the view; --no-choose: the default view and smoothing)")
     parser.add_argument("--coreset-ratio", type=float, default=defaults.coreset_ratio)
     parser.add_argument("--max-bank-size", type=int, default=defaults.max_bank_size)
-    parser.add_argument("--index", choices=CONFIG_CHOICES["index"], default=defaults.index)
+    parser.add_argument("--index", choices=config_choices("index"), default=defaults.index)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--defects", help="folder of a few real defective pictures to calibrate the threshold with "
                         "(default: synthetic anomalies made from held-out good pictures)")

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from training.data import Dataset, Sample
-from xai.bundle import read_meta, write_meta
+from xai.bundle import read_bundle_meta, write_meta
+from xai.bundle_meta import BundleMeta, PatchCoreMeta
 
 EXPLAIN_CASES = 12  # synthetic anomalies the explanation table is measured on
 TRAIN_EPOCHS = 6
@@ -36,17 +37,17 @@ def fit_part(pictures: list[Path], out: Path, name: str, trunk, defects: list[Pa
 
     fit(picture_dataset(pictures, name), out, PatchCoreConfig(), category=name, trunk=trunk,
         defects=[Sample(Path(p), "defect", True) for p in defects or []])
-    return report(read_meta(out))
+    return report(read_bundle_meta(out))
 
 
-def report(meta: dict) -> dict:
+def report(meta: BundleMeta) -> dict:
     """The report card of a category made from pictures, from what its bundle.json holds."""
-    patchcore = meta.get("components", {}).get("patchcore", {})
-    cal = patchcore.get("calibration", {})
+    patchcore = meta.patchcore or PatchCoreMeta()  # no detector: every fact unknown
+    cal = patchcore.calibration or {}
     synthetic = cal.get("synthetic", {})
     card = {
-        "good_pictures": patchcore.get("fit", {}).get("n_images"),
-        "threshold_rule": patchcore.get("threshold_rule"),
+        "good_pictures": (patchcore.fit or {}).get("n_images"),
+        "threshold_rule": patchcore.threshold_rule,
         "calibration": {"method": cal.get("method"), "folds": cal.get("folds"),
                         "scored_good_pictures": cal.get("n_images")},
         "false_alarms": {
@@ -60,9 +61,9 @@ def report(meta: dict) -> dict:
                                 "heatmap_auroc": synthetic.get("heatmap_auroc")},
         "real_defects": ({"n": cal.get("n_real_defects"), "detection_rate": cal["real"].get("detection_rate")}
                          if "real" in cal else None),
-        "explanations": meta.get("metrics", {}).get("explanations"),
+        "explanations": (meta.metrics or {}).get("explanations"),
         # shap_features explains a small model of the score: how closely it follows the score on unseen pictures
-        "score_model_fidelity": (patchcore.get("score_model") or {}).get("fidelity"),
+        "score_model_fidelity": patchcore.score_model and patchcore.score_model.fidelity,
     }
     if cal.get("method") == "copies":
         card["warning"] = ("Fitted on one picture: nothing could be held out, so the threshold comes from "
@@ -91,10 +92,10 @@ def train_part(bundle: Path, pictures: list[Path], name: str, trunk, epochs: int
     if len(pictures) < 4:
         # one picture gives the validation split nothing: the views of every picture are what it learns from
         dataset.train = dataset.train * (4 // max(1, len(pictures)) + 1)
-    train(dataset, bundle, ["cnn"], TrainConfig(epochs=epochs), input_size=read_meta(bundle)["preprocessing"][
-        "input_size"], category=name, log=lambda _: None, trunk=trunk)
+    train(dataset, bundle, ["cnn"], TrainConfig(epochs=epochs), input_size=read_bundle_meta(bundle).input_size,
+          category=name, log=lambda _: None, trunk=trunk)
     measure_explanations(bundle, pictures, trunk)
-    return report(read_meta(bundle))
+    return report(read_bundle_meta(bundle))
 
 
 def synthetic_cases(pictures: list[Path], n: int, seed: int = 0) -> list:
@@ -128,8 +129,8 @@ def measure_explanations(bundle: Path, pictures: list[Path], trunk) -> dict:
     table = evaluate_methods(inspector, synthetic_cases(pictures, EXPLAIN_CASES), methods,
                              slow_cases=SLOW_CARD_CASES)
     table["data"] = "synthetic anomalies made from the category's own good pictures (exact masks)"
-    meta = read_meta(bundle)
-    meta.setdefault("metrics", {})["explanations"] = table
+    meta = read_bundle_meta(bundle)
+    meta.metrics = {**(meta.metrics or {}), "explanations": table}
     write_meta(bundle, meta)
     write_card(bundle)
     return table

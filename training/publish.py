@@ -28,9 +28,9 @@ def bundle_files(folder: Path) -> list[Path]:
     if pickles:
         raise BundleError(
             f"{folder} holds pickle-format files ({', '.join(pickles)}); bundles publish safetensors only.")
-    for name in (bundle.meta.get("components") or {}).values():
-        if not (folder / name["weights"]).is_file():
-            raise BundleError(f"{folder} is missing {name['weights']} listed in bundle.json.")
+    for component in bundle.metadata.components.values():
+        if not (folder / str(component.weights)).is_file():
+            raise BundleError(f"{folder} is missing {component.weights} listed in bundle.json.")
     if "README.md" not in {str(p) for p in files}:
         raise BundleError(f"{folder} has no model card (README.md); re-run a training script to write it.")
     return files
@@ -45,13 +45,13 @@ def publish(folder: Path, repo_id: str, revision: str | None = None, private: bo
 
     bundle_files(folder)
     api = HfApi(token=token)
-    meta = load(folder).meta
+    category = load(folder).metadata.category
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
-                                 commit_message=f"defect-xai bundle: {meta.get('category', folder.name)}",
+                                 commit_message=f"defect-xai bundle: {category or folder.name}",
                                  ignore_patterns=[f"{d}/**" for d in SKIPPED])
     except OfflineModeIsEnabled:
         raise BundleError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it (or use --dry-run).") from None

@@ -9,16 +9,18 @@ is rebuilt from the stored bank rather than read from the bundle's .faiss file.
 from __future__ import annotations
 
 import json
+import os
 import re
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from xai.bundle_meta import FORMAT_VERSION, BundleMeta, Example, HeadMeta, MetaError, PatchCoreMeta
 from xai.errors import UserError
 
-FORMAT_VERSION = 2  # 2: PatchCore keeps the picture's aspect (format-1 detectors still load, square and exact)
 BUNDLE_JSON = "bundle.json"
 
 
@@ -28,23 +30,29 @@ class BundleError(UserError, RuntimeError):
 
 @dataclass
 class Bundle:
-    """A loaded bundle: its folder and its parsed bundle.json."""
+    """A loaded bundle: its folder and its typed bundle.json (`metadata`)."""
 
     path: Path
-    meta: dict
+    metadata: BundleMeta
     source: str = ""
 
     @property
+    def meta(self) -> dict:
+        """bundle.json as raw keys, for readers not yet on `metadata`: a copy, so a change to it is not kept."""
+        return self.metadata.to_json()
+
+    @property
     def category(self) -> str:
-        return self.meta.get("category", self.path.name)
+        return self.path.name if self.metadata.category is None else self.metadata.category
 
     @property
     def trunk_name(self) -> str:
         """The trunk (xai.backbone.TRUNKS) every component of this bundle was fitted on."""
-        return self.meta.get("trunk", {}).get("name", "efficientnet_lite0")
+        trunk = self.metadata.trunk
+        return "efficientnet_lite0" if trunk is None or trunk.name is None else trunk.name
 
     def components(self) -> list[str]:
-        return list(self.meta.get("components", {}))
+        return list(self.metadata.components)
 
     def inside(self, name: str) -> Path | None:
         """`name` resolved inside the bundle folder, or None when it points outside it (an absolute path, `..`
@@ -55,6 +63,8 @@ class Bundle:
         return path if path == root or root in path.parents else None
 
     def file(self, name: str) -> Path:
+        if not isinstance(name, str):
+            raise BundleError(f"Bundle {self.source or self.path} names no file where its bundle.json needs one.")
         path = self.inside(name)
         if path is None:
             raise BundleError(f"Bundle {self.source or self.path} names a file outside its folder ({name!r}).")
@@ -68,7 +78,7 @@ class Bundle:
 
     def examples(self) -> list[tuple[Path, str]]:
         """The example pictures `training.evaluate` stored (file, true label); those missing are skipped."""
-        found = [(self.inside(str(e.get("file", ""))), e.get("label", "")) for e in self.meta.get("examples", [])]
+        found = [(self.inside(str(e.file or "")), e.label or "") for e in self.metadata.examples or []]
         return [(path, label) for path, label in found if path is not None and path.is_file()]
 
 
@@ -122,20 +132,32 @@ def load(source: str | Path, revision: str | None = None, subfolder: str | None 
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{label}/{BUNDLE_JSON} is not valid JSON ({exc}).") from None
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    if isinstance(meta, dict) and meta.get("format_version", 0) > FORMAT_VERSION:
         raise BundleError(f"{label} has bundle format {meta['format_version']}; upgrade defect-xai to read it.")
-    return Bundle(folder, meta, label)
+    try:
+        return Bundle(folder, BundleMeta.from_json(meta), label)
+    except MetaError as exc:
+        raise BundleError(f"Bundle {label}: {exc}.") from None
 
 
 def read_meta(folder: Path) -> dict:
-    """bundle.json of a bundle being written (an empty skeleton for a new folder)."""
+    """bundle.json of a bundle being written, as raw keys (an empty skeleton for a new folder)."""
     path = folder / BUNDLE_JSON
     return json.loads(path.read_text()) if path.is_file() else {"format_version": FORMAT_VERSION, "components": {}}
 
 
-def write_meta(folder: Path, meta: dict) -> None:
+def read_bundle_meta(folder: Path) -> BundleMeta:
+    """The typed bundle.json of a bundle being written (an empty one for a new folder)."""
+    return BundleMeta.from_json(read_meta(folder))
+
+
+def write_meta(folder: Path, meta: BundleMeta | dict) -> None:
+    """bundle.json written whole (a partial file then a rename: a reader never sees half of it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    data = meta.to_json() if isinstance(meta, BundleMeta) else meta
+    partial = folder / f".{BUNDLE_JSON}.{secrets.token_hex(4)}"
+    partial.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(partial, folder / BUNDLE_JSON)
 
 
 def save_tensors(folder: Path, name: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
@@ -152,7 +174,7 @@ EXAMPLES_DIR = "examples"
 EXAMPLE_SIDE = 512
 
 
-def save_examples(folder: Path, meta: dict, examples: list[tuple[Path, str]]) -> None:
+def save_examples(folder: Path, meta: BundleMeta, examples: list[tuple[Path, str]]) -> None:
     """Copy test pictures into `examples/` (JPEG, at most EXAMPLE_SIDE px) and list them in `meta`: the app's
     examples then travel with the bundle instead of being committed anywhere."""
     from xai.io import load_image
@@ -165,8 +187,8 @@ def save_examples(folder: Path, meta: dict, examples: list[tuple[Path, str]]) ->
         picture.thumbnail((EXAMPLE_SIDE, EXAMPLE_SIDE))
         name = f"{EXAMPLES_DIR}/{i:02d}_{''.join(c if c.isalnum() else '_' for c in label)}.jpg"
         picture.save(folder / name, "JPEG", quality=90)
-        listed.append({"file": name, "label": label, "source": Path(path).name})
-    meta["examples"] = listed
+        listed.append(Example(name, label, Path(path).name))
+    meta.examples = listed
 
 
 def thumbnail_name(index: int) -> str:
@@ -184,30 +206,26 @@ def save_patchcore(folder: Path, model, info: dict) -> None:
     })
     model.ensure_index()
     faiss.write_index(model.index, str(folder / PATCHCORE_INDEX))
-    meta = read_meta(folder)
-    meta["format_version"] = FORMAT_VERSION
-    meta.setdefault("components", {})["patchcore"] = {
+    meta = read_bundle_meta(folder)
+    meta.components["patchcore"] = PatchCoreMeta.from_json({
         "config": model.config.to_dict(), "weights": PATCHCORE_WEIGHTS, "index": PATCHCORE_INDEX,
         "index_sha256": _sha256(folder / PATCHCORE_INDEX), **info,
-    }
+    })
     write_meta(folder, meta)
 
 
 def load_patchcore(bundle: Bundle):
     """The bundle's PatchCore model, its FAISS index rebuilt from the stored bank."""
-    from xai.patchcore import PatchCore, PatchCoreConfig
+    from xai.patchcore import PatchCore
 
-    spec = bundle.meta.get("components", {}).get("patchcore")
+    spec = bundle.metadata.patchcore
     if spec is None:
         raise BundleError(f"Bundle {bundle.source} has no anomaly detector; run training.fit_patchcore on it.")
-    try:
-        config = PatchCoreConfig.from_dict(spec["config"])
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"Bundle {bundle.source}: its detector settings cannot be read ({exc}).") from None
+    config = replace(spec.config)  # the model's own copy: changing it leaves the metadata as stored
     problems = config.problems()
     if problems:
         raise BundleError(f"Bundle {bundle.source}: detector settings out of range: {'; '.join(problems)}.")
-    tensors = bundle.tensors(spec["weights"])
+    tensors = bundle.tensors(spec.weights)
     if tensors["layer_scales"].shape != (config.n_parts,) or tensors["memory_bank"].ndim != 2:
         raise BundleError(f"Bundle {bundle.source}: the detector's tensors do not match its settings; refit it.")
     model = PatchCore(config, tensors["layer_scales"],
@@ -234,21 +252,20 @@ def save_head(folder: Path, component: str, head, info: dict) -> None:
     """Write a classification head's weights (`<component>.safetensors`) and register it in bundle.json."""
     weights = f"{component}.safetensors"
     save_tensors(folder, weights, head.state_dict())
-    meta = read_meta(folder)
-    meta.setdefault("components", {})[component] = {"config": head.config.to_dict(), "weights": weights, **info}
-    meta.setdefault("thresholds", {})[component] = info["threshold"]
+    meta = read_bundle_meta(folder)
+    meta.components[component] = HeadMeta.from_json({"config": head.config.to_dict(), "weights": weights, **info})
     write_meta(folder, meta)
 
 
 def load_head(bundle: Bundle, component: str):
     """Rebuild a head from its config in bundle.json and load its safetensors strictly, in eval mode."""
-    from xai.heads import HeadConfig, create_head
+    from xai.heads import create_head
 
-    spec = bundle.meta.get("components", {}).get(component)
+    spec = bundle.metadata.head(component)
     if spec is None:
         raise BundleError(f"Bundle {bundle.source} has no {component}; run training.train_classifier on it.")
-    head = create_head(HeadConfig.from_dict(spec["config"]))
-    head.load_state_dict(bundle.tensors(spec["weights"]), strict=True)
+    head = create_head(replace(spec.config))
+    head.load_state_dict(bundle.tensors(spec.weights), strict=True)
     return head.eval()
 
 
@@ -256,11 +273,12 @@ def load_score_model(bundle: Bundle):
     """The detector's score model (xai.score_model) when its fit made one, else None."""
     from xai.score_model import ScoreModel
 
-    spec = bundle.meta.get("components", {}).get("patchcore", {}).get("score_model")
-    if not isinstance(spec, dict):
+    detector = bundle.metadata.patchcore
+    spec = None if detector is None else detector.score_model
+    if spec is None:
         return None
     try:
-        return ScoreModel.from_stored(bundle.tensors(spec["weights"]), spec)
+        return ScoreModel.from_stored(bundle.tensors(spec.weights), spec.to_json())
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"Bundle {bundle.source}: its score model cannot be read ({exc}); refit the detector."
                           ) from None

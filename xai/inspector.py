@@ -13,6 +13,7 @@ from PIL import Image
 
 from xai.backbone import Trunk, create_trunk, normalise, preprocess, resize_rgb
 from xai.bundle import RETRIEVAL_DIR, Bundle, BundleError, load, load_head, load_patchcore, load_score_model
+from xai.bundle_meta import BundleMeta
 from xai.fusion import fuse_conv_bn
 from xai.heads import HEAD_INPUT_STAGE
 from xai.io import ImageInputError, ImageSource, load_image
@@ -74,10 +75,10 @@ class Prepared:
     timings_ms: dict[str, float]  # decode and preprocess
 
 
-def primary_component(meta: dict) -> str:
+def primary_component(meta: BundleMeta) -> str:
     """The component whose verdict the app shows: PatchCore on one-class data, else the CNN (or ViT) head."""
-    comps = meta.get("components", {})
-    one_class = meta.get("data", {}).get("layout") == "mvtec"
+    comps = meta.components
+    one_class = (meta.data or {}).get("layout") == "mvtec"
     order = ["patchcore", "classifier_cnn", "classifier_vit"]
     if not one_class:
         order = ["classifier_cnn", "classifier_vit", "patchcore"]
@@ -92,7 +93,7 @@ class Inspector:
 
     def __init__(self, bundle: Bundle, trunk: Trunk | None = None):
         self.bundle = bundle
-        meta = bundle.meta
+        meta = bundle.metadata
         if trunk is not None and trunk.name != bundle.trunk_name:
             raise BundleError(f"Bundle {bundle.source} was fitted on the {bundle.trunk_name} trunk, not on the "
                               f"{trunk.name} trunk it was given.")
@@ -105,24 +106,26 @@ class Inspector:
             head.to(memory_format=torch.channels_last)
         self.decision = primary_component(meta)
         self.trunk = trunk or create_trunk(bundle.trunk_name)
-        expected = meta.get("trunk", {}).get("weights_sha256")
+        expected = meta.trunk and meta.trunk.weights_sha256
         if expected and self.trunk.weights_sha256 != expected:
             raise BundleError(
                 f"Bundle {bundle.source} was fitted on different {bundle.trunk_name} weights than the installed "
                 "ones; install the package version recorded in its bundle.json or refit the bundle."
             )
-        prep = meta.get("preprocessing", {})
-        self.input_size = int(prep["input_size"])
-        self.mean, self.std = prep.get("mean", (0.5, 0.5, 0.5)), prep.get("std", (0.5, 0.5, 0.5))
-        self.labels: list[str] = meta.get("labels", ["good", "defect"])
-        normal = meta.get("normal_label")
+        prep = meta.preprocessing
+        if prep is None or prep.input_size is None:
+            raise BundleError(f"Bundle {bundle.source} records no input size; re-run a training script on it.")
+        self.input_size = int(prep.input_size)
+        self.mean, self.std = prep.mean or (0.5, 0.5, 0.5), prep.std or (0.5, 0.5, 0.5)
+        self.labels: list[str] = ["good", "defect"] if meta.labels is None else meta.labels
+        normal = meta.normal_label
         self.normal_index = self.labels.index(normal) if normal in self.labels else None
-        self.thresholds = {c: float(meta["components"][c]["threshold"]) for c in comps}
+        self.thresholds = {c: float(spec.threshold) for c, spec in meta.components.items()}
         self._context = None
         self._reviewing = threading.Lock()  # one review of this category at a time
         self.reviews, self._sensitivity = Reviews(), None
         if self.patchcore is not None:
-            self.reviews = read_reviews(meta, bundle.path)
+            self.reviews = read_reviews(meta.patchcore.reviews, bundle.path)
             if self.reviews.n_rows:
                 self.patchcore.extend_index(self.reviews.rows)
             self._apply_sensitivity()
@@ -135,7 +138,7 @@ class Inspector:
 
             retrieval = None
             if self.patchcore is not None and (self.bundle.path / RETRIEVAL_DIR).is_dir():
-                names = self.bundle.meta["components"]["patchcore"].get("bank_images", [])
+                names = self.bundle.metadata.patchcore.bank_images or []
                 retrieval = RetrievalIndex(self.bundle.path / RETRIEVAL_DIR, names)
             self._context = ExplainContext(self.trunk, self.heads, self.patchcore, self.labels, self.normal_index,
                                            self.input_size, tuple(self.mean), tuple(self.std), retrieval,
@@ -308,11 +311,11 @@ class Inspector:
     @property
     def fitted_threshold(self) -> float:
         """The detector's threshold as its fit stored it."""
-        return float(self.bundle.meta["components"]["patchcore"]["threshold"])
+        return float(self.bundle.metadata.patchcore.threshold)
 
     def good_scores(self) -> list[float]:
         """Scores of good pictures the bank had not seen: the fit's held-out ones and those reviewed good."""
-        stored = self.bundle.meta["components"]["patchcore"].get("calibration", {}).get("good_scores", [])
+        stored = (self.bundle.metadata.patchcore.calibration or {}).get("good_scores", [])
         return [float(s) for s in stored if isinstance(s, (int, float))] + self.reviews.good_scores()
 
     def sensitivity(self) -> dict | None:
@@ -388,7 +391,7 @@ class Inspector:
         with self._reviewing:
             cap = rows_cap(len(self.patchcore.memory_bank))
             write_reviews(self.bundle.path, self.reviews, cap)
-            self.bundle.meta["components"]["patchcore"]["reviews"] = self.reviews.to_meta(cap)
+            self.bundle.metadata.patchcore.reviews = self.reviews.to_meta(cap)
 
     def _need_detector(self) -> None:
         if self.patchcore is None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,49 +39,69 @@ REFINE_PROBES = 4  # ... are searched again with this many times the probes
 IVF_CELLS_PER_ROOT = 2  # 2 sqrt(N) cells: k-means costs ~N, so rebuilding at load stays ~1 s for 100k patches
 
 
-CONFIG_BOUNDS = {  # PatchCoreConfig's numbers a bundle may carry: beyond these no bundle of ours goes
-    "input_size": (32, 1024), "short_side": (32, 2048), "max_side": (32, 4096), "feature_stride": (8, 8),
-    "aggregation": (1, 9), "colour_window": (0, 15), "coreset_ratio": (1e-6, 1.0), "projection_dim": (1, 1024),
-    "sigma": (0.0, 32.0), "neighbours": (1, 32), "calibration_fraction": (0.0, 0.9), "seed": (0, 2**31 - 1),
-    "ivf_probes": (1, 4096),
-}
-CONFIG_CHOICES = {  # PatchCoreConfig's words a bundle may carry
-    "index": ("auto", "flat", "ivf", "hnsw"), "sampler": ("coreset", "random"), "downsample": ("avg", "max"),
-    "part_scaling": ("norm", "none"),
-}
-# PatchCoreConfig's true-or-false fields
-CONFIG_FLAGS = ("keep_aspect", "refine", "border_correction", "enlarge", "choose")
+# Before these config versions a stored config lacked the fields they added; in order, oldest first. A field's
+# metadata says which version added it (`since`) and what its absence meant (`before`), and its bounds.
+FORMAT_2, ROUND_3, IVF_PROBES, DOWNSAMPLE, REFINE, ROUND_4, CHOOSE = CONFIG_VERSIONS = (
+    "format 2", "round 3", "ivf probes", "downsample", "refine", "round 4", "choose")
+
+
+def number(default: float | None, lo: float, hi: float, **meta) -> Any:
+    """A config number a bundle may carry, bounded to [lo, hi]: beyond these no bundle of ours goes."""
+    return field(default=default, metadata={"bounds": (lo, hi), **meta})
+
+
+def choice(default: str, allowed: tuple[str, ...], **meta) -> Any:
+    """A config word a bundle may carry: one of `allowed`."""
+    return field(default=default, metadata={"choices": allowed, **meta})
+
+
+def flag(default: bool, **meta) -> Any:
+    """A config true-or-false field."""
+    return field(default=default, metadata={"flag": True, **meta})
 
 
 @dataclass
 class PatchCoreConfig:
-    """Hyper-parameters of the detector (stored in bundle.json)."""
+    """Hyper-parameters of the detector (stored in bundle.json); each field's bounds and history in its metadata."""
 
     trunk: str = "efficientnet_lite0"
-    input_size: int = 224  # the bundle's input side: the square the picture is squashed to when keep_aspect is off
-    short_side: int = 320  # the detector's view: the picture's shorter side in model pixels (keep_aspect on)
-    enlarge: bool = True  # a picture whose shorter side is below the view is enlarged to it; off: kept at its pixels
+    # the bundle's input side: the square the picture is squashed to when keep_aspect is off
+    input_size: int = number(224, 32, 1024)
+    # the detector's view: the picture's shorter side in model pixels (keep_aspect on); before: the input size
+    short_side: int = number(320, 32, 2048, since=ROUND_3,
+                             before=lambda stored: stored.get("input_size", PatchCoreConfig.input_size))
+    # a picture whose shorter side is below the view is enlarged to it; off: kept at its pixels
+    enlarge: bool = flag(True, since=ROUND_4, before=True)  # before: every picture was brought to the view
     layers: tuple[int, ...] = (1, 2, 4)  # trunk stages at stride 4, 8 and 16
-    feature_stride: int = 8  # the patch grid: every layer is resampled to the stride-8 grid
-    aggregation: int = 3  # local neighbourhood (3x3 average) that gives each patch context
-    downsample: str = "max"  # a finer stage onto the stride-8 grid: "max" (per channel, over 2x2 cells) or "avg"
-    colour_window: int = 5  # patches (8 px each) averaged into the low-frequency colour part; 0: no colour part
-    coreset_ratio: float = 0.1  # share of all training patches kept in the memory bank (PatchCore's 10 %)
-    sampler: str = "coreset"  # how the bank's patches are chosen: "coreset" (greedy k-center) or "random" (a baseline)
+    feature_stride: int = number(8, 8, 8)  # the patch grid: every layer is resampled to the stride-8 grid
+    aggregation: int = number(3, 1, 9)  # local neighbourhood (3x3 average) that gives each patch context
+    # a finer stage onto the stride-8 grid: "max" (per channel, over 2x2 cells) or "avg" (before)
+    downsample: str = choice("max", ("avg", "max"), since=DOWNSAMPLE, before="avg")
+    # patches (8 px each) averaged into the low-frequency colour part; 0 (before): no colour part
+    colour_window: int = number(5, 0, 15, since=ROUND_3, before=0)
+    coreset_ratio: float = number(0.1, 1e-6, 1.0)  # share of all training patches kept in the bank (PatchCore's 10 %)
+    # how the bank's patches are chosen: "coreset" (greedy k-center) or "random" (a baseline)
+    sampler: str = choice("coreset", ("coreset", "random"))
     max_bank_size: int | None = None  # optional cap; None keeps coreset_ratio of every data set, however large
-    projection_dim: int = 128  # coreset distances are computed in a random projection of this size
-    sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in model pixels
-    neighbours: int = 1  # patch score = distance to the nearest bank patch
-    index: str = "auto"  # "flat" (exact), "ivf", "hnsw", or "auto" (exact up to FLAT_INDEX_MAX vectors, IVF beyond)
-    ivf_probes: int = 8  # IVF cells searched per patch (of 2 sqrt(N)); docs/benchmarks.md measures it
-    refine: bool = True  # each picture's farthest patches searched again with more probes (see REFINE_SHARE)
-    part_scaling: str = "norm"  # "norm": each part over its mean patch norm (fit_layer_scales); "none": raw parts
-    border_correction: bool = True  # border rings' scores scaled to the interior's level (fit_border_scale)
-    choose: bool = True  # the fit chooses the view and smoothing per part from its own evidence (training.choice)
-    seed: int = 0
-    calibration_fraction: float = 0.1  # good images held out of the bank to calibrate the threshold
-    keep_aspect: bool = True  # process the picture on a grid of its own aspect instead of squashing it square
-    max_side: int = 1024  # the longer side in model pixels is capped here (cost grows with the area)
+    projection_dim: int = number(128, 1, 1024)  # coreset distances are computed in a random projection of this size
+    sigma: float = number(4.0, 0.0, 32.0)  # Gaussian smoothing of the anomaly map, in model pixels
+    neighbours: int = number(1, 1, 32)  # patch score = distance to the nearest bank patch
+    # "flat" (exact), "ivf", "hnsw", or "auto" (exact up to FLAT_INDEX_MAX vectors, IVF beyond)
+    index: str = choice("auto", ("auto", "flat", "ivf", "hnsw"))
+    # IVF cells searched per patch (of 2 sqrt(N)); docs/benchmarks.md measures it
+    ivf_probes: int = number(8, 1, 4096, since=IVF_PROBES, before=IVF_PROBES_BEFORE)
+    # each picture's farthest patches searched again with more probes (see REFINE_SHARE); before: no second search
+    refine: bool = flag(True, since=REFINE, before=False)
+    # "norm": each part over its mean patch norm (fit_layer_scales); "none": raw parts
+    part_scaling: str = choice("norm", ("norm", "none"))
+    border_correction: bool = flag(True)  # border rings' scores scaled to the interior's level (fit_border_scale)
+    # the fit chooses the view and smoothing per part from its own evidence (training.choice); before: nothing chosen
+    choose: bool = flag(True, since=CHOOSE, before=False)
+    seed: int = number(0, 0, 2**31 - 1)
+    calibration_fraction: float = number(0.1, 0.0, 0.9)  # good images held out of the bank to calibrate the threshold
+    # process the picture on a grid of its own aspect instead of squashing it square; format 1 (before) did not
+    keep_aspect: bool = flag(True, since=FORMAT_2, before=False)
+    max_side: int = number(1024, 32, 4096)  # the longer side in model pixels is capped here (cost grows with area)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -89,32 +110,23 @@ class PatchCoreConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PatchCoreConfig:
-        """Read a stored config; bundles written before pictures kept their shape (format 1) carry no
-        keep_aspect and keep their square processing."""
+        """Read a stored config of any version: CONFIG_MIGRATIONS bring it up to today's, step by step."""
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
-        if "keep_aspect" not in data and data.get("index", "auto") == "auto":
-            data["index"] = "flat"  # format 1's "auto" meant exact search for its banks (capped at 8,192)
-        data.setdefault("border_correction", "keep_aspect" in data)  # format 1 had no border factors
-        data.setdefault("keep_aspect", False)
-        data.setdefault("short_side", data.get("input_size", cls.input_size))  # before round 3: the input size
-        data.setdefault("colour_window", 0)  # before round 3: trunk layers only
-        data.setdefault("ivf_probes", IVF_PROBES_BEFORE)
-        data.setdefault("downsample", "avg")  # before: the stride-4 stage was averaged onto the patch grid
-        data.setdefault("refine", False)
-        data.setdefault("enlarge", True)  # before round 4 every picture was brought to the view, small ones enlarged
-        data.setdefault("choose", False)
+        for _, step in CONFIG_MIGRATIONS:
+            data = step(data)
         data["layers"] = tuple(data.get("layers", cls.layers))
         return cls(**data)
 
     def problems(self) -> list[str]:
         """What is out of range in this config (empty when it is usable). A bundle is data from whoever published
-        it: its numbers decide what the server allocates, so each is bounded before it is used."""
+        it: its numbers decide what the server allocates, so each is bounded (its field's metadata) before use."""
         def in_bounds(value: object, lo: float, hi: float) -> bool:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
 
-        numbers_ok = {name: in_bounds(getattr(self, name), lo, hi) for name, (lo, hi) in CONFIG_BOUNDS.items()}
-        found = [f"{name} = {getattr(self, name)!r} (allowed {CONFIG_BOUNDS[name][0]}-{CONFIG_BOUNDS[name][1]})"
+        spec = {f.name: f.metadata for f in fields(self)}
+        numbers_ok = {name: in_bounds(getattr(self, name), *m["bounds"]) for name, m in spec.items() if "bounds" in m}
+        found = [f"{name} = {getattr(self, name)!r} (allowed {spec[name]['bounds'][0]}-{spec[name]['bounds'][1]})"
                  for name, ok in numbers_ok.items() if not ok]
         if not isinstance(self.layers, (tuple, list)) or not self.layers \
                 or any(not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= 5 for x in self.layers) \
@@ -127,17 +139,46 @@ class PatchCoreConfig:
         if self.max_bank_size is not None and (not isinstance(self.max_bank_size, int)
                                                or isinstance(self.max_bank_size, bool) or self.max_bank_size < 1):
             found.append(f"max_bank_size = {self.max_bank_size!r} (a positive whole number or none)")
-        found += [f"{name} = {getattr(self, name)!r} (one of {', '.join(allowed)})"
-                  for name, allowed in CONFIG_CHOICES.items()
-                  if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed]
-        found += [f"{name} = {getattr(self, name)!r} (true or false)" for name in CONFIG_FLAGS
-                  if not isinstance(getattr(self, name), bool)]
+        found += [f"{name} = {getattr(self, name)!r} (one of {', '.join(m['choices'])})"
+                  for name, m in spec.items() if "choices" in m
+                  and (not isinstance(getattr(self, name), str) or getattr(self, name) not in m["choices"])]
+        found += [f"{name} = {getattr(self, name)!r} (true or false)" for name, m in spec.items()
+                  if m.get("flag") and not isinstance(getattr(self, name), bool)]
         return found
 
     @property
     def n_parts(self) -> int:
         """Parts of a patch embedding: one per trunk layer, plus the colour part when it is on."""
         return len(self.layers) + (1 if self.colour_window else 0)
+
+
+def config_choices(name: str) -> tuple[str, ...]:
+    """The words PatchCoreConfig's field `name` may hold (its metadata), for command lines' --choices."""
+    return next(f.metadata["choices"] for f in fields(PatchCoreConfig) if f.name == name)
+
+
+def fields_added(version: str) -> Callable[[dict], dict]:
+    """The migration step to `version`: each field it added, absent from a stored config, takes the value its
+    absence meant (the field's `before`, read from the config as stored)."""
+    def step(data: dict) -> dict:
+        added = {f.name: f.metadata["before"] for f in fields(PatchCoreConfig)
+                 if f.metadata.get("since") == version and f.name not in data}
+        return {**data, **{k: v(data) if callable(v) else v for k, v in added.items()}}
+    return step
+
+
+def square_to_aspect(data: dict) -> dict:
+    """Format 1 -> 2 (recognised by its config lacking keep_aspect): square pictures, exact search for its
+    "auto" index (its banks were capped at 8,192) and no border factors."""
+    if "keep_aspect" in data:
+        return data
+    index = "flat" if data.get("index", "auto") == "auto" else data["index"]
+    return fields_added(FORMAT_2)({**data, "index": index, "border_correction": data.get("border_correction", False)})
+
+
+# Every step a stored config goes through, oldest version first; each leaves a config of a newer version alone.
+CONFIG_MIGRATIONS: tuple[tuple[str, Callable[[dict], dict]], ...] = (
+    (FORMAT_2, square_to_aspect), *((version, fields_added(version)) for version in CONFIG_VERSIONS[1:]))
 
 
 def blur_radius(sigma: float) -> int:

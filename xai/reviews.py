@@ -12,7 +12,6 @@ model of good scores (`xai.false_alarms`) from the held-out good pictures and th
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from dataclasses import asdict, dataclass, field
@@ -91,11 +90,11 @@ def rows_cap(bank_size: int) -> int:
     return max(MIN_REVIEW_ROWS, int(REVIEW_SHARE * bank_size))
 
 
-def read_reviews(meta: dict, folder: Path) -> Reviews:
-    """A bundle's reviews (none in a bundle that has had none); rows from safetensors only."""
+def read_reviews(stored: dict | None, folder: Path) -> Reviews:
+    """The reviews a bundle's detector stored (`PatchCoreMeta.reviews`; none in a bundle that has had none);
+    rows from safetensors only."""
     from safetensors.torch import load_file
 
-    stored = meta.get("components", {}).get("patchcore", {}).get("reviews")
     if not isinstance(stored, dict):
         return Reviews()
     try:
@@ -118,7 +117,7 @@ def write_reviews(folder: Path, reviews: Reviews, cap: int) -> None:
     """Store `reviews` in the bundle at `folder` (rows first, then bundle.json; each replaced whole)."""
     from safetensors.torch import save_file
 
-    from xai.bundle import BUNDLE_JSON, read_meta
+    from xai.bundle import read_bundle_meta, write_meta
 
     if reviews.n_rows:
         partial = folder / f".{REVIEWS_FILE}.{secrets.token_hex(4)}"
@@ -126,11 +125,9 @@ def write_reviews(folder: Path, reviews: Reviews, cap: int) -> None:
         os.replace(partial, folder / REVIEWS_FILE)
     else:
         (folder / REVIEWS_FILE).unlink(missing_ok=True)
-    meta = read_meta(folder)
-    meta["components"]["patchcore"]["reviews"] = reviews.to_meta(cap)
-    partial = folder / f".{BUNDLE_JSON}.{secrets.token_hex(4)}"
-    partial.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(partial, folder / BUNDLE_JSON)
+    meta = read_bundle_meta(folder)
+    meta.patchcore.reviews = reviews.to_meta(cap)
+    write_meta(folder, meta)
 
 
 def check_verdict(verdict) -> str:
