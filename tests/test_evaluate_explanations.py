@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from training import evaluate_explanations
@@ -81,3 +82,20 @@ def test_a_model_of_the_score_is_scored_by_its_fidelity(texture_bundle, texture_
     from space.catalogue import _sanity
 
     assert _sanity(row).startswith("explains a model of the score: R²")
+
+
+def test_the_curves_follow_the_detectors_score_and_delete_towards_a_good_picture(texture_bundle, texture_data):
+    """Without a classifier the deletion/insertion curves follow PatchCore's score over its threshold (the verdict's
+    scale), and a defect deleted entirely (shown as its closest good training picture) loses most of its score."""
+    from training.data import load_dataset
+    from xai.explanation_quality import curve_component, curve_score, deletion_reference
+    from xai.inspector import Inspector
+
+    inspector = Inspector.from_source(str(texture_bundle))
+    case = evaluate_explanations.masked_defects(load_dataset("mvtec", texture_data), 1)[0]
+    x = inspector.model_input(case.picture, curve_component(inspector))
+    reference = deletion_reference(inspector.explain_context(), x)
+    assert curve_component(inspector) == "patchcore" and reference.shape == tuple(x.shape[1:])
+    defect, deleted = curve_score(inspector)(np.stack([x[0].numpy(), reference]))
+    assert defect == pytest.approx(inspector.detect(case.picture).score / inspector.threshold, rel=1e-4)
+    assert defect > 1.0 and deleted < 0.5 * defect  # a JPEG thumbnail of a good part: near the threshold

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -290,3 +292,17 @@ def test_occlusion_window_scales_with_the_input_size(side, window, stride):
     assert create_explainer("occlusion", ctx).params == {"window": window, "stride": stride, "batch": 8}
     assert create_explainer("occlusion", ctx, window=16).params["stride"] == 8
     assert create_explainer("occlusion", ctx, window=16, stride=16).params["stride"] == 16
+
+
+def test_each_method_says_when_it_applies():
+    """A method is offered where its component and everything it `needs` are there: the heads' methods with a head,
+    the detector's with a detector, the retrieval trace only with thumbnails and shap_features with a score model."""
+    def offered(context: ExplainContext) -> set[str]:
+        return {name for name, cls in METHODS.items() if cls.applies_to(context)}
+
+    cnn_only = ExplainContext(PlantedTrunk(), {"classifier_cnn": PlantedHead()})
+    assert offered(cnn_only) == {name for name, cls in METHODS.items() if cls.component == "classifier_cnn"}
+    assert "gradcam" in offered(cnn_only) and "attention_rollout" not in offered(cnn_only)
+    detector = replace(cnn_only, patchcore=object())
+    assert "anomaly_map" in offered(detector) and not {"retrieval", "shap_features"} & offered(detector)
+    assert offered(replace(detector, retrieval=object(), score_model=object())) == set(METHODS) - {"attention_rollout"}

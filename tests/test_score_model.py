@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.score_model import MIN_PICTURES, _regressor, fidelity, fit_score_model
+from training.score_model import MIN_PICTURES, _regressor, fit_score_model
+from xai.metrics import fidelity
 from xai.score_model import PROPERTIES, Reference, ScoreModel, properties
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from xai.metrics import fidelity
 from xai.score_model import PROPERTIES, Reference, ScoreModel, Statistics, combine, map_properties
 
 MIN_PICTURES = 20  # fewer calibration pictures than this: no score model (its fidelity could not be measured)
@@ -21,18 +22,6 @@ def _regressor(seed: int):
 
     return GradientBoostingRegressor(n_estimators=TREES, max_depth=DEPTH, learning_rate=LEARNING_RATE,
                                      min_samples_leaf=MIN_LEAF, random_state=seed)
-
-
-def fidelity(predicted: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    """R² of `predicted` against the true `scores` (None with fewer than 3 or no spread), their root-mean-square
-    gap, and the share of pictures on which both give the same verdict at `threshold`."""
-    predicted, scores = np.asarray(predicted, float), np.asarray(scores, float)
-    spread = float(((scores - scores.mean()) ** 2).sum())
-    r2 = 1.0 - float(((scores - predicted) ** 2).sum()) / spread if spread > 0 and len(scores) >= 3 else None
-    agreement = float(((predicted > threshold) == (scores > threshold)).mean()) if len(scores) else None
-    rmse = float(np.sqrt(((scores - predicted) ** 2).mean())) if len(scores) else None
-    return {"r2": None if r2 is None else round(r2, 4), "rmse": None if rmse is None else round(rmse, 4),
-            "verdict_agreement": None if agreement is None else round(agreement, 4), "n": int(len(scores))}
 
 
 def fit_score_model(pictures: list[np.ndarray], maps: list[np.ndarray], scores: list[float], good: np.ndarray,
@@ -83,4 +72,4 @@ def tree_arrays(tree, scale: float) -> dict[str, np.ndarray]:
             "node_sample_weight": tree.weighted_n_node_samples.astype(np.float64)}
 
 
-__all__ = ["MIN_PICTURES", "PROPERTIES", "fidelity", "fit_score_model", "tree_arrays"]
+__all__ = ["MIN_PICTURES", "PROPERTIES", "fit_score_model", "tree_arrays"]

@@ -146,16 +146,11 @@ class Inspector:
         return self._context
 
     def methods(self) -> list[str]:
-        """Explanation methods this bundle supports (the components each needs are present)."""
+        """Explanation methods this bundle supports: each method says what it needs (`Explainer.applies_to`)."""
         from xai.explainers import METHODS
 
-        have = set(self.heads) | ({"patchcore"} if self.patchcore is not None else set())
-        ok = [name for name, cls in METHODS.items() if cls.component in have]
-        if "retrieval" in ok and self.explain_context().retrieval is None:
-            ok.remove("retrieval")
-        if "shap_features" in ok and self.score_model is None:
-            ok.remove("shap_features")
-        return ok
+        context = self.explain_context()
+        return [name for name, cls in METHODS.items() if cls.applies_to(context)]
 
     def explain(self, source: ImageSource, method: str, target: int | None = None, **params):
         """Decode `source` and explain it with `method` (see xai.explainers.METHODS)."""

@@ -1,4 +1,5 @@
-"""Detection metrics: image/pixel AUROC, AUPRO (per-region overlap up to a false-positive limit), F1."""
+"""Detection metrics (image/pixel AUROC, AUPRO: per-region overlap up to a false-positive limit, F1) and
+explanation metrics (a map against a mask or the model, a model of the score against the score)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,15 @@ def rank_correlation(a: np.ndarray, b: np.ndarray, size: int = 56) -> float | No
     if np.ptp(pa) == 0 or np.ptp(pb) == 0:
         return None
     return float(spearmanr(pa, pb).statistic)
+
+
+def fidelity(predicted: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """R² of `predicted` against the true `scores` (None with fewer than 3 or no spread), their root-mean-square
+    gap, and the share of pictures on which both give the same verdict at `threshold`."""
+    predicted, scores = np.asarray(predicted, float), np.asarray(scores, float)
+    spread = float(((scores - scores.mean()) ** 2).sum())
+    r2 = 1.0 - float(((scores - predicted) ** 2).sum()) / spread if spread > 0 and len(scores) >= 3 else None
+    agreement = float(((predicted > threshold) == (scores > threshold)).mean()) if len(scores) else None
+    rmse = float(np.sqrt(((scores - predicted) ** 2).mean())) if len(scores) else None
+    return {"r2": None if r2 is None else round(r2, 4), "rmse": None if rmse is None else round(rmse, 4),
+            "verdict_agreement": None if agreement is None else round(agreement, 4), "n": int(len(scores))}

@@ -103,11 +103,13 @@ class ExplainContext:
 
 
 class Explainer:
-    """Base class: subclasses set `name`, their facts (`component`, `caption`, `slow`, `report_card`, `defaults`)
-    and implement `compute`. Everything else (the page, /info, the caps, the report card) reads the facts."""
+    """Base class: subclasses set `name`, their facts (`component`, `needs`, `caption`, `slow`, `report_card`,
+    `defaults`) and implement `compute`. Everything else (the page, /info, the caps, the report card, which
+    bundles offer it) reads the facts."""
 
     name: ClassVar[str]
     component: ClassVar[str] = "classifier_cnn"  # the model the method explains
+    needs: ClassVar[tuple[str, ...]] = ()  # ExplainContext fields it needs beside its component ("retrieval", ...)
     defaults: ClassVar[dict] = {}
     signed: ClassVar[bool] = False  # whether the heatmap can be negative
     caption: ClassVar[str] = ""  # what the method answers, in one line (the page and /info show it)
@@ -123,6 +125,12 @@ class Explainer:
         self.context = context
         self.component_name = params.pop("component", self.component)
         self.params = {**self.defaults, **params}
+
+    @classmethod
+    def applies_to(cls, context: ExplainContext) -> bool:
+        """Whether a bundle (its `context`) can run the method: its component is there, and all it `needs`."""
+        present = context.patchcore is not None if cls.component == "patchcore" else cls.component in context.heads
+        return present and all(getattr(context, need) is not None for need in cls.needs)
 
     # -- the one step a method fills in ---------------------------------------------------------
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:

@@ -66,6 +66,7 @@ class Retrieval(Explainer):
     caption = "The closest good training images and patches, and how far this one is from them."
     report_card = True
     component = "patchcore"
+    needs = ("retrieval",)  # the bank images' thumbnails
     defaults = {"images": 3, "patches": 3}
 
     def compute(self, inputs: torch.Tensor, target: torch.Tensor) -> dict:

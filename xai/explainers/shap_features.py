@@ -16,6 +16,7 @@ from xai.score_model import PROPERTIES
 class SHAPFeatures(Explainer):
     name = "shap_features"
     component = "patchcore"
+    needs = ("score_model",)  # made by the detector's fit (training.score_model)
     caption = ("Why the score is this number: what each readable property of the picture and its map adds to a "
                "small model of the score (SHAP waterfall under Evidence, with the model's fidelity; the panel shows "
                "the anomaly map the properties were read from).")
