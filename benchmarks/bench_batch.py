@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.batch import Item, list_inputs
-from training.inspect import DEFAULT_BATCH, inspect_local
+from training.batch.local import inspect_local
+from training.batch.pipeline import DEFAULT_BATCH
+from training.batch.sources import Item, list_inputs
 from xai.cores import usable_cores
 from xai.inspector import Inspector
 from xai.io import ImageInputError
@@ -62,7 +63,7 @@ def run_engines(bundle: str, items: list[Item], repeats: int, batch_size: int, e
     todo = list(enumerate(items))
     runs: dict[str, list[float]] = {e: [] for e in engines}
     if "ray" in engines:
-        from training.batch_ray import inspect_ray, start_ray
+        from training.batch.ray import inspect_ray, start_ray
 
         start_ray()
     inspector.detect(items[0].path)  # warm-up
@@ -112,7 +113,7 @@ def stages(bundle: str, items: list[Item]) -> None:
 
 
 def memory(bundle: str, n: int, batch_size: int) -> None:
-    from training.batch import ResultsFolder, columns, frame
+    from training.batch.results import ResultsFolder, columns, frame
 
     with tempfile.TemporaryDirectory() as tmp:
         items = list_inputs(str(generate(Path(tmp) / "pictures", n, 224)))

@@ -14,9 +14,10 @@ from space.lowpriority import run_low_priority
 from space.outputs import OutputFolder
 from space.parts import fit_megapixels
 from space.uploads import UploadError, gather
-from training.batch import Item, batches, columns, frame, inspect_rows, prepare_all
-from training.cli import progress
-from training.inspect import DEFAULT_BATCH
+from training.batch.pipeline import DEFAULT_BATCH, batches, inspect_batch
+from training.batch.results import columns, frame
+from training.batch.sources import Item
+from training.jobs import progress
 from xai.render import verdict_overlay
 
 SHOWN_COLUMNS = ["picture", "label", "is_defect", "score", "threshold", "width", "height", "ms", "error"]
@@ -69,11 +70,10 @@ class BatchInspection:
                                key=lambda w: -w[0])[:self.limits.gallery]
 
         rows: list[dict] = []
-        bar = progress(None, "inspect", total=len(items))
-        for chunk in batches(items, DEFAULT_BATCH):
-            rows += inspect_rows(inspector, chunk, prepare_all(inspector, [item for _, item in chunk]), keep_worst)
-            bar.update(len(chunk))
-        bar.close()
+        with progress(None, "inspect", total=len(items)) as bar:  # stops between two batches once cancelled
+            for chunk in batches(items, DEFAULT_BATCH):
+                rows += inspect_batch(inspector, chunk, keep_worst)
+                bar.update(len(chunk))
         for row, picture in zip(rows, pictures):
             row["path"] = _name(picture)  # the name it was sent with: never a server path
         table = frame(rows, names)

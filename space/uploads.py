@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 import shutil
 import zipfile
-import zlib
 from pathlib import Path
 
+from training.batch.sources import ZIP_ERRORS, picture_members, read_member
 from xai.errors import UserError
-from xai.io import MAX_BYTES, PICTURE_SUFFIXES
+from xai.io import MAX_BYTES
 
 
 class UploadError(UserError, ValueError):
@@ -24,12 +24,6 @@ class UploadError(UserError, ValueError):
 def _clean(name: str) -> str:
     stem = Path(name.replace("\\", "/")).name
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem)[-80:] or "picture"
-
-
-def _is_picture_member(info: zipfile.ZipInfo) -> bool:
-    name = info.filename.replace("\\", "/")
-    hidden = any((part.startswith(".") and part not in (".", "..")) or part == "__MACOSX" for part in name.split("/"))
-    return not info.is_dir() and not hidden and Path(name).suffix.lower() in PICTURE_SUFFIXES
 
 
 def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str = "good pictures",
@@ -53,13 +47,13 @@ def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str
             try:
                 with zipfile.ZipFile(path) as archive:
                     infos = archive.infolist()
-            except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, NotImplementedError):
+            except ZIP_ERRORS:
                 raise UploadError(f"{_clean(path.name)} is not a readable zip file.") from None
             n_entries += len(infos)
             if n_entries > max_entries(max_pictures):
                 raise UploadError(f"The zip files hold more than {max_entries(max_pictures)} entries; send only "
                                   f"the pictures (at most {max_pictures}).")
-            members = [m for m in infos if _is_picture_member(m)]
+            members = picture_members(infos)
             for member in members:
                 if member.file_size > MAX_BYTES:
                     raise UploadError(f"{_clean(path.name)}: {_clean(member.filename)} is larger than "
@@ -91,9 +85,8 @@ def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str
         try:
             with zipfile.ZipFile(path) as archive:
                 for member in members:
-                    with archive.open(member) as src, open(target(member.filename), "wb") as out:
-                        out.write(src.read(member.file_size + 1)[:MAX_BYTES + 1])  # the declared size bounds it
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zlib.error):
+                    target(member.filename).write_bytes(read_member(archive, member))  # bounded by its declared size
+        except ZIP_ERRORS:
             # encrypted members, unknown compression, corrupt data: one message, no server paths
             raise UploadError(f"{_clean(path.name)}: a picture in it could not be unpacked (encrypted, corrupt or "
                               "an unusual compression).") from None

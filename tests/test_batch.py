@@ -17,7 +17,8 @@ from PIL import Image
 from conftest import digest
 from synthetic import add_defect, texture
 from training import inspect as inspect_cli
-from training.batch import MAP_SCALE, ResultsFolder, columns, frame, list_inputs
+from training.batch.results import MAP_SCALE, ResultsFolder, columns, frame
+from training.batch.sources import list_inputs
 from training.cli import run
 
 
@@ -175,8 +176,8 @@ import threading
 
 import torch
 
-from training.batch import list_inputs
-from training.inspect import inspect_local
+from training.batch.local import inspect_local
+from training.batch.sources import list_inputs
 from xai.inspector import Inspector
 
 seen, real = [], Inspector.detect_batch
@@ -382,7 +383,7 @@ def test_a_bad_feedback_file_or_a_hub_bundle_is_refused_and_nothing_is_applied(t
 
 
 def test_the_reports_review_queue_lists_the_pictures_nearest_the_threshold_first(tmp_path):
-    from training.batch_report import write_report
+    from training.batch.report import write_report
 
     scores = {"far-good.png": 0.2, "near-above.png": 1.05, "nearest-below.png": 0.98, "far-defect.png": 3.0,
               "mid.png": 0.8}

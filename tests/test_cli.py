@@ -246,3 +246,22 @@ def test_benchmark_detector_set_overrides_one_default_for_every_set(texture_data
         assert says in err and not (tmp_path / "refused").exists()  # refused before any fit
     config = benchmark_detector.with_overrides(benchmark_detector.PatchCoreConfig(), ["part_scaling=none"])
     assert config.part_scaling == "none"  # the word, not None
+
+
+def test_a_job_stops_between_two_items_once_cancelled():
+    """training.jobs: the bar's loop and its update check the flag of the `stop_when` block they run in, and only
+    that block's."""
+    import threading
+
+    from training.jobs import Cancelled, check_cancelled, progress, stop_when
+
+    stop, seen = threading.Event(), []
+    with pytest.raises(Cancelled), stop_when(stop):
+        for step in progress(range(5), "items"):
+            seen.append(step)
+            if step == 1:
+                stop.set()
+    assert seen == [0, 1]
+    check_cancelled()  # outside the block nothing is cancelled
+    with stop_when(stop), progress(None, "batches", total=4) as bar, pytest.raises(Cancelled):
+        bar.update(2)

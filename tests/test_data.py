@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from training.data import DataError, is_normal_name, load_dataset, stratified_split, write_split
+from training.data import DataError, is_normal_name, is_picture_name, load_dataset, stratified_split, write_split
 
 
 def make_imagefolder(root, counts):
@@ -58,6 +59,33 @@ def test_imagefolder_without_normal_class_and_errors(tmp_path):
                                           ("negative", True), ("crack", False), ("goodish", False)])
 def test_normal_class_names(name, normal):
     assert is_normal_name(name) is normal
+
+
+@pytest.mark.parametrize("name, picture", [("a.png", True), ("line1/B.JPG", True), ("x.webp", True),
+                                           ("../../evil.png", True), ("/etc/abs.png", True), ("dir\\c.tif", True),
+                                           (".hidden.png", False), ("__MACOSX/._x.png", False),
+                                           ("line1/.cache/a.png", False), ("notes.txt", False), ("png", False)])
+def test_one_rule_says_what_is_a_picture(name, picture):
+    """Folders, globs, zips (training.inspect's and the Space's uploads) and datasets all read it."""
+    from training.batch.sources import picture_members
+
+    assert is_picture_name(name) is picture
+    info = zipfile.ZipInfo(name)
+    assert picture_members([info, zipfile.ZipInfo("folder.png/")]) == ([info] if picture else [])
+
+
+def test_the_normal_class_rule_is_the_layouts_and_the_batchs(tmp_path):
+    from training.batch.sources import is_defect_truth
+
+    root = tmp_path / "part"
+    for folder in ("train/good", "test/OK", "test/crack"):
+        (root / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / folder / "0.png")
+    (root / "train/good/._0.png").write_bytes(b"resource fork")  # no picture, by the one rule
+    ds = load_dataset("mvtec", root)
+    assert len(ds.train) == 1 and {(s.label, s.is_defect) for s in ds.test} == {("good", False), ("crack", True)}
+    assert (is_defect_truth("OK"), is_defect_truth("no_crack"), is_defect_truth("crack"), is_defect_truth(None)) == \
+        (False, False, True, None)
 
 
 def test_stratified_split_keeps_one_of_each_side():

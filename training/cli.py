@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from training.data import DataError, Sample
 from xai.errors import UserError
@@ -48,50 +44,6 @@ def load_sample_image(sample: Sample):
         return load_image(sample.path)
     except ImageInputError as exc:
         raise DataError(f"{sample.path}: {exc}") from None
-
-
-class Cancelled(Exception):
-    """Long work stopped because whoever started it asked (see `stop_when`)."""
-
-
-# The cancel flag of the work running in this context (set by `stop_when`); every progress bar checks it, so any
-# long loop of the training code can be stopped between two steps without passing a flag through every call.
-_STOP: ContextVar[threading.Event | None] = ContextVar("defect_xai_stop", default=None)
-
-
-@contextmanager
-def stop_when(event: threading.Event) -> Iterator[None]:
-    """Within this block, progress bars raise Cancelled at their next step once `event` is set."""
-    token = _STOP.set(event)
-    try:
-        yield
-    finally:
-        _STOP.reset(token)
-
-
-def _check_stop() -> None:
-    event = _STOP.get()
-    if event is not None and event.is_set():
-        raise Cancelled("cancelled")
-
-
-class _Bar(tqdm):
-    """tqdm that honours `stop_when` at every step."""
-
-    def update(self, n=1):
-        _check_stop()
-        return super().update(n)
-
-    def __iter__(self):
-        for item in super().__iter__():
-            _check_stop()
-            yield item
-
-
-def progress(items: Iterable, desc: str, total: int | None = None, unit: str = "img"):
-    """A tqdm progress bar on stderr (the project's one style of progress on the command line; Gradio's
-    track_tqdm shows the same bars in the app), stoppable with `stop_when`."""
-    return _Bar(items, desc=desc, total=total, unit=unit, dynamic_ncols=True, file=sys.stderr)
 
 
 def relative_name(path: Path, root: str) -> str:

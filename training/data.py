@@ -11,7 +11,7 @@ import numpy as np
 from xai.errors import UserError
 from xai.io import PICTURE_SUFFIXES
 
-NORMAL_NAMES = {"good", "ok", "normal", "negative", "free"}
+NORMAL_NAMES = frozenset({"good", "ok", "normal", "negative", "free"})  # and any name starting with no_
 LAYOUTS = ("mvtec", "imagefolder", "elpv")
 # Model input side per layout. Solar-cell cracks are a few pixels wide in 300 px cells; at 320 px the CNN head's
 # validation AUROC was 0.947 against 0.927 at 224 (8 epochs each), for 1.5x the time per image.
@@ -59,11 +59,22 @@ class Dataset:
         return [s for s in self.train if not s.is_defect]
 
 
+def is_picture_name(name: str) -> bool:
+    """Whether a file is a picture, from its name or its path below what an input names (a folder's file, a zip
+    member): the one rule for datasets, batch inputs and uploads. A suffix of xai.io.PICTURE_SUFFIXES, and no hidden
+    part (`.name`) or `__MACOSX` folder on the way (macOS's resource forks and metadata are no pictures)."""
+    parts = name.replace("\\", "/").split("/")
+    hidden = any((part.startswith(".") and part not in (".", "..")) or part == "__MACOSX" for part in parts)
+    return not hidden and Path(parts[-1]).suffix.lower() in PICTURE_SUFFIXES
+
+
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_picture_name(p.name))
 
 
 def is_normal_name(name: str) -> bool:
+    """Whether a class (folder) name means good parts: the one rule, for every layout and for batch inspection's
+    ground truth (NORMAL_NAMES in any case, or no_*)."""
     name = name.lower()
     return name in NORMAL_NAMES or name.startswith("no_")
 
@@ -91,7 +102,7 @@ def load_mvtec(root: Path) -> Dataset:
     defect_types = sorted(d.name for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
     for kind in defect_types:
         for path in list_images(test_dir / kind):
-            if kind == "good":
+            if is_normal_name(kind):
                 test.append(Sample(path, "good", False))
                 continue
             mask = root / "ground_truth" / kind / f"{path.stem}_mask.png"

@@ -33,32 +33,12 @@ refused (they were scored before the reviews), unless the reviews change nothing
 from __future__ import annotations
 
 import argparse
-import time
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
 from pathlib import Path
 
-from training.batch import (
-    Artefacts,
-    Item,
-    ResultsFolder,
-    batches,
-    columns,
-    frame,
-    inspect_rows,
-    list_inputs,
-    prepare_all,
-)
-from training.cli import progress, run
-from training.review_file import sensitivity_arg, teach
-from xai.bundle import load
-from xai.cores import usable_cores
-
-# pictures per trunk forward: on a 2-core CPU the trunk's time per picture grows past 2 (26 ms at 1 and 2, 36 at 4,
-# 45 at 16 for a 320 x 320 view: the activations leave the cache); larger batches pay on machines with more cores
-DEFAULT_BATCH = 2
+from training.batch.feedback import sensitivity_arg, teach
+from training.batch.inspection import inspect_into
+from training.batch.pipeline import DEFAULT_BATCH
+from training.cli import run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,78 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def inspect_local(bundle: str, todo: list[tuple[int, Item]], batch_size: int, artefacts: Artefacts | None,
-                  on_rows: Callable[[list[dict]], None], inspector=None, workers: int | None = None) -> None:
-    """The local engine: one inspector (the bundle's, unless one is given) shared by `workers` threads (default:
-    one a core), each reading, preparing and inspecting a batch at a time with single-threaded torch and FAISS.
-    On a 2-core CPU two such pipelines beat one that spreads each step over both cores (the trunk and the search
-    do not halve with two threads, and decoding runs on one): see docs/benchmarks.md. At most two batches per
-    worker are in flight, so memory does not grow with the run; rows come back in the input's order."""
-    import faiss
-    import torch
-
-    from xai.inspector import Inspector
-
-    inspector = inspector or Inspector.from_source(bundle)
-    workers = workers or usable_cores()
-    chunks = iter(batches(todo, batch_size))
-
-    def work(chunk: list[tuple[int, Item]]) -> list[dict]:
-        prepared = prepare_all(inspector, [item for _, item in chunk])
-        return inspect_rows(inspector, chunk, prepared, artefacts.write if artefacts else None)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # torch's setting reaches every thread; FAISS's OpenMP one only the thread that sets it
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="inspect", initializer=faiss.omp_set_num_threads,
-                                initargs=(1,)) as pool:
-            window = deque(pool.submit(work, chunk) for chunk in islice(chunks, 2 * workers))
-            while window:
-                rows = window.popleft().result()
-                for chunk in islice(chunks, 1):
-                    window.append(pool.submit(work, chunk))
-                on_rows(rows)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def inspect_into(bundle: str, spec: str, out: Path, engine: str = "local", batch_size: int = DEFAULT_BATCH,
-                 maps: bool = False, overlays: bool = False, ray_address: str | None = None, top: int = 12,
-                 queue: int | None = None, inspector=None):
-    """Inspect every picture `spec` names that OUTDIR's results lack; write the results and the report (its review
-    queue `queue` pictures long, default batch_report.QUEUE). The local engine uses `inspector` when one is given
-    (the bundle's, as loaded). Returns the whole results table (a pandas DataFrame)."""
-    from training.batch_report import write_report
-
-    items = list_inputs(spec)
-    meta = load(bundle).meta
-    names = columns(list(meta["components"]), any(i.truth is not None for i in items))
-    results = ResultsFolder(out)
-    done = results.done()
-    todo = [(i, item) for i, item in enumerate(items) if item.path not in done]
-    artefacts = Artefacts(out, maps, overlays) if maps or overlays else None
-    start = time.perf_counter()
-    with progress(None, f"inspect ({engine})", total=len(items)) as bar:
-        bar.update(len(items) - len(todo))  # resumed: already in the results
-
-        def on_rows(rows: list[dict]) -> None:
-            results.append(frame(rows, names))
-            bar.update(len(rows))
-
-        if todo and engine == "ray":
-            from training.batch_ray import inspect_ray
-
-            inspect_ray(bundle, todo, batch_size, maps, overlays, out, ray_address, on_rows)
-        elif todo:
-            inspect_local(bundle, todo, batch_size, artefacts, on_rows, inspector)
-    seconds = time.perf_counter() - start
-    table = results.finish([item.path for item in items])
-    write_report(out, table, bundle, meta, top=top, queue=queue,
-                 run={"engine": engine, "inspected": len(todo), "resumed": len(items) - len(todo), "seconds": seconds})
-    return table
-
-
-# -- reviews from a CSV (--feedback, --sensitivity) ------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inspector = None

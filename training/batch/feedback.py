@@ -11,8 +11,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.batch import PARTS, RESULTS, ZIP_SEP, read_picture
-from training.cli import progress
+from training.batch.results import PARTS, RESULTS
+from training.batch.sources import ZIP_SEP, read_picture
+from training.jobs import progress
 from xai.bundle import BUNDLE_JSON, load
 from xai.errors import UserError
 

@@ -1,118 +1,22 @@
-"""Batch inspection's parts that every engine shares: which pictures an input names (folder, glob, zip or list
-file, with the ground truth a folder's layout carries), one result row per picture, and a results folder that
-streams rows to disk in small Parquet parts and resumes where an interrupted run stopped."""
+"""A batch's results: the table's columns and one row per picture, a results folder that streams rows to disk in
+small Parquet parts and resumes where an interrupted run stopped, and the optional files per picture (raw maps,
+overlays)."""
 
 from __future__ import annotations
 
-import glob
-import io
 import os
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from training.data import NORMAL_NAMES, DataError
-from xai.io import MAX_BYTES, PICTURE_SUFFIXES, ImageInputError, load_image
+from training.batch.sources import ZIP_SEP, Item, is_defect_truth
 
-ZIP_SEP = "::"  # a zip member's path: ARCHIVE.zip::member/name.png
 MAP_SCALE = 1_000  # a 16-bit map PNG holds round(map / threshold x MAP_SCALE): threshold = 1,000, at most 65.5x it
 RESULTS, PARTS = "results.parquet", ".parts"
 
 
-@dataclass(frozen=True)
-class Item:
-    """One picture to inspect: its path as the results name it, and its ground truth when the layout has one."""
-
-    path: str
-    truth: str | None = None  # the class folder it sits in (mvtec test/<type>, imagefolder <class>)
-
-
-def list_inputs(spec: str) -> list[Item]:
-    """The pictures `spec` names, in a stable order: a folder (recursively; an mvtec folder's test/ split, or an
-    imagefolder's class folders, with their classes as ground truth), a zip, a glob, or a list file (.txt, .lst
-    or .csv: one path a line, relative to the list's folder). DataError when it names none."""
-    path = Path(spec)
-    if path.is_dir():
-        items = _folder(path)
-    elif path.is_file() and zipfile.is_zipfile(path):
-        items = _zip(path)
-    elif path.is_file() and path.suffix.lower() in (".txt", ".lst", ".csv"):
-        lines = [line.strip().split(",")[0] for line in path.read_text().splitlines()]
-        items = [Item(str(_under(path.parent, line))) for line in lines if line and not line.startswith("#")]
-    elif path.is_file():
-        items = [Item(str(path))]
-    elif any(c in spec for c in "*?["):
-        items = [Item(p) for p in sorted(glob.glob(spec, recursive=True)) if _is_picture(p)]
-    else:
-        raise DataError(f"{spec} is no folder, zip, list file or glob that exists.")
-    if not items:
-        raise DataError(f"{spec} names no pictures ({', '.join(sorted(PICTURE_SUFFIXES))}).")
-    return items
-
-
-def _under(folder: Path, name: str) -> Path:
-    return Path(name) if Path(name).is_absolute() else folder / name
-
-
-def _is_picture(name: str) -> bool:
-    return Path(name).suffix.lower() in PICTURE_SUFFIXES and not Path(name).name.startswith(".")
-
-
-def _folder(root: Path) -> list[Item]:
-    """mvtec: test/<type>/*; imagefolder (every picture in a class folder, one of them a normal class): those; any
-    other folder: every picture below it, without ground truth."""
-    if (root / "test").is_dir() and (root / "train").is_dir():
-        return [Item(str(p), p.parent.name) for p in _pictures(root / "test")]
-    everything = _pictures(root)
-    classes = {p.parent for p in everything}
-    if len(classes) > 1 and all(c.parent == root for c in classes) and any(
-            c.name.lower() in NORMAL_NAMES or c.name.lower().startswith("no_") for c in classes):
-        return [Item(str(p), p.parent.name) for p in everything]
-    return [Item(str(p)) for p in everything]
-
-
-def _pictures(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and _is_picture(p.name)
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
-
-
-def _zip(archive: Path) -> list[Item]:
-    with zipfile.ZipFile(archive) as z:
-        names = [i.filename for i in z.infolist() if not i.is_dir() and _is_picture(i.filename)
-                 and "__MACOSX" not in i.filename]
-    return [Item(f"{archive}{ZIP_SEP}{name}") for name in sorted(names)]
-
-
-def is_defect_truth(truth: str | None) -> bool | None:
-    """A ground-truth class folder as defective or not (None without one)."""
-    if truth is None:
-        return None
-    name = truth.lower()
-    return not (name in NORMAL_NAMES or name.startswith("no_"))
-
-
-def read_picture(path: str) -> Image.Image:
-    """Decode the picture at `path` (a zip member as ARCHIVE::member, its declared size checked before it is read);
-    ImageInputError for anything that is not a readable picture, a missing file included."""
-    archive, sep, member = path.partition(ZIP_SEP)
-    try:
-        if not sep:
-            return load_image(path)
-        with zipfile.ZipFile(archive) as z:
-            info = z.getinfo(member)
-            if info.file_size > MAX_BYTES:
-                raise ImageInputError(f"{member} is {info.file_size / 1e6:.0f} MB unpacked; at most "
-                                      f"{MAX_BYTES / 1e6:.0f} MB.")
-            return load_image(io.BytesIO(z.read(info)))
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:  # missing, a folder, no permission, a damaged zip
-        raise ImageInputError(f"cannot read it ({type(exc).__name__})") from None
-
-
-# -- rows ---------------------------------------------------------------------------------------------------
 def columns(components: Sequence[str], labelled: bool) -> list[str]:
     """The results' columns (docs/contracts.md), with `truth` and `truth_is_defect` when the layout has them."""
     return (["path", "width", "height", "label", "is_defect", "score", "threshold", "component"]
@@ -223,33 +127,6 @@ class ResultsFolder:
         return data
 
 
-def batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
-    for start in range(0, len(items), size):
-        yield list(items[start:start + size])
-
-
-# -- one batch, whatever the engine ---------------------------------------------------------------------------
-def prepare_all(inspector, items: Sequence[Item]) -> list:
-    """Each item read, decoded and made into model inputs (`Inspector.prepare`; reading counted in its decode
-    time), or the ImageInputError that stopped it: the CPU work a batch engine does ahead of the model."""
-    import time
-
-    out = []
-    for item in items:
-        start = time.perf_counter()
-        try:
-            picture = read_picture(item.path)
-        except ImageInputError as exc:
-            out.append(exc)
-            continue
-        read_ms = (time.perf_counter() - start) * 1000.0
-        prepared = inspector.prepare(picture)
-        if not isinstance(prepared, Exception):
-            prepared.timings_ms["decode"] += read_ms
-        out.append(prepared)
-    return out
-
-
 class Artefacts:
     """Optional files per picture under OUTDIR: maps/ (16-bit raw anomaly maps) and overlays/ (JPEG, as the
     app draws them)."""
@@ -273,19 +150,3 @@ class Artefacts:
             shown = verdict_overlay(picture, detection.anomaly_map, detection.thresholds["patchcore"],
                                     detection.scores["patchcore"])
             shown.save(self.overlays / f"{name}.jpg", quality=88)
-
-
-def inspect_rows(inspector, indexed: Sequence[tuple[int, Item]], prepared: list,
-                 on_detection: Callable[[int, Item, object, Image.Image], None] | None = None) -> list[dict]:
-    """Rows for one batch of (index, item) with what `prepare_all` made of them: every readable picture through
-    `Inspector.detect_batch` at once, every unreadable one a row with its message. `on_detection(index, item,
-    detection, picture)` sees each detection (files per picture, the Space's gallery)."""
-    components = list(inspector.thresholds)
-    results = iter(inspector.detect_batch([p for p in prepared if not isinstance(p, Exception)]))
-    rows = []
-    for (index, item), ready in zip(indexed, prepared):
-        result = ready if isinstance(ready, Exception) else next(results)
-        if on_detection is not None and not isinstance(result, Exception):
-            on_detection(index, item, result, ready.image)
-        rows.append(row_of(item, result, components))
-    return rows

@@ -15,11 +15,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from training.batch import Artefacts, Item, inspect_rows, prepare_all
+from training.batch.pipeline import inspect_batch
+from training.batch.results import Artefacts
+from training.batch.sources import Item
 from training.data import DataError
 
 INSTALL = "Ray is not installed: pip install -r requirements-ray.txt (or use --engine local)."
-PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "xai"]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: training/batch/ray.py
+PACKAGES = [ROOT / "training", ROOT / "xai"]  # shipped to a cluster's workers
 ACTOR_THREADS = 1  # torch threads per actor: one actor a core, as the local engine runs one pipeline a core
 
 
@@ -52,9 +55,8 @@ class RayInspector:
 
         indexed = [(int(index), Item(path, truth or None))
                    for index, path, truth in zip(batch["index"], batch["path"], batch["truth"])]
-        prepared = prepare_all(self.inspector, [item for _, item in indexed])
         on_detection = self.artefacts.write if self.artefacts else None
-        return pd.DataFrame(inspect_rows(self.inspector, indexed, prepared, on_detection))
+        return pd.DataFrame(inspect_batch(self.inspector, indexed, on_detection))
 
 
 def start_ray(address: str | None = None) -> bool:

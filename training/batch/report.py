@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.batch import read_picture
+from training.batch.sources import read_picture
 from xai.metrics import auroc, binary_report, f1_max
 
 THUMB = 360  # px, the longer side of an overlay in the report
