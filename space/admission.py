@@ -1,19 +1,16 @@
-"""The one door: every event of the Space, public or private, is admitted or refused here as it *joins* the
-queue, by one table (event -> class -> rule), before Gradio parses the request or spends a queue place on it.
+"""The door's rules: one table (event -> class -> rule) and the bookkeeping that admits or refuses each event of
+the Space, public or private, as it *joins* the queue. Pure: `space.admission_middleware` feeds it the requests.
 
-Why at the join and not when a job starts: checks made when a job starts let one caller fill the shared queue
-with junk that waits behind a long job (measured: 24 threads sending /info for 20 s made another visitor's /detect
-answer "Queue is full" 9 times in 14), and a request body is held in memory from the join until its job ends
-(30 queued requests of 50 MB each held ~3 GB). So the door caps, per request, the body's size; per caller and event
-class, the jobs queued or running and a token-bucket rate; and per caller, a share of the whole queue.
+Why at the join: a check made when a job starts lets one caller fill the shared queue with jobs waiting behind a
+long one, and a request's body is held in memory from its join until its job ends. So the door bounds, per caller
+and event class, the jobs queued or running and a token-bucket rate, and per caller, a share of the whole queue
+(docs/serving-in-public.md has the measurements).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import re
 import threading
 import time
 from collections import OrderedDict, defaultdict, deque
@@ -45,9 +42,9 @@ class Rule:
 
 
 RULES: dict[str, Rule] = {
-    # detect: a burst holds others back by burst x a detect's cost (~0.1-0.2 s at the 320 view)
+    # detect: a burst holds others back by burst x a detect's cost, so the burst stays small
     "detect": Rule(concurrency=4, per_caller=4, burst=15, every_s=0.25),
-    # explanations: three run at once, of which one slow (SHAP and occlusion take seconds to tens of seconds; see
+    # explanations: three run at once, of which one slow (SHAP and occlusion run the model many times; see
     # Catalogue.slow_lane), so a fast one never waits behind another caller's slow ones
     "explain": Rule(concurrency=3, per_caller=2, burst=6, every_s=10.0, forget_s=600.0),
     # a request with a slow method counts here instead: one per caller queued or running
@@ -68,7 +65,6 @@ RULES: dict[str, Rule] = {
     "internal": Rule(concurrency=8, per_caller=None, burst=30, every_s=0.2),
 }
 INTERNAL = "gradio_internal"  # the event name the door gives every event that is not one of the Space's
-CALL_ROUTE = re.compile(r"/call/(?:v2/)?([^/]+)$")  # Gradio's REST API: POST /gradio_api/call/<api_name>
 
 # Every event of the Space (api_name) and its class; an event missing here is refused (tests check the page's).
 EVENTS: dict[str, str] = {
@@ -92,12 +88,12 @@ class Limits:
     caller_share: int = 16  # jobs of all classes one caller may have queued or running (a share of queue_size)
     queue_size: int = 256  # jobs queued in all (Gradio's max_size)
     body_bytes: int = 1 << 20  # a request's body (uploads go to their own route, capped by max_file_size)
-    # uploads, counted over the window in which the cache sweeper may still hold them on disk: one caller's (a fit
-    # may send 200 MB), and everyone's together (80 files of 5 MB went in 4.8 s from one address before this)
-    # page sessions one caller may open: a few at once, then one every few seconds (1,150 fresh session ids from
-    # one address once pushed every visitor's page state out of Gradio's session store)
+    # page sessions one caller may open: a few at once, then one every few seconds, so that no caller can push
+    # every visitor's page state out of Gradio's bounded session store
     session_burst: int = 20
     session_every_s: float = 3.0
+    # uploads, counted over the window in which the cache sweeper may still hold them on disk: one caller's (a fit
+    # may send 200 MB), and everyone's together (what the disk holds)
     upload_window_s: float = 1800.0
     upload_per_caller: int = 256 << 20
     upload_total: int = 4 << 30
@@ -135,6 +131,27 @@ def job_class(event: str, data, slow: Callable[[], list[str]]) -> str:
     asked = asked if isinstance(asked, list) else [asked]
     slow_ones = set(slow())
     return "explain_slow" if any(isinstance(m, str) and m in slow_ones for m in asked) else cls
+
+
+def only_uploaded(payload: object, upload_root: Path) -> None:
+    """Refuse (Refused) a request whose file arguments are not files uploaded here (a URL, a data: URL, a server
+    path outside `upload_root`): Gradio would download or copy them, or answer naming the server's folders."""
+    stack: list = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            path = item.get("path")
+            if isinstance(path, str) and not _uploaded(path, upload_root):
+                raise Refused(ONLY_UPLOADS)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _uploaded(path: str, upload_root: Path) -> bool:
+    if "://" in path or path.startswith("data:"):
+        return False
+    return Path(os.path.abspath(path)).resolve().is_relative_to(upload_root)
 
 
 def caller_key(host: str | None, headers: Mapping[str, str], trusted_hops: int) -> str:
@@ -316,144 +333,3 @@ def _busy(cls: str, n: int) -> str:
     return f"You already have {n} request(s) of this kind queued or running; wait for them to finish."
 
 
-class AdmissionMiddleware:
-    """ASGI middleware in front of Gradio's routes: refuses a body over `body_bytes` (uploads excepted: Gradio
-    caps them file by file as they stream) before it is read, and sends every queue join through the door.
-    A refusal is answered the way Gradio answers a failed validator (422), so gradio_client raises it with the
-    message and the page shows it."""
-
-    def __init__(self, app, door: Door, event_of: Callable[[int | None], str | None], trusted_hops: int,
-                 upload_root: str):
-        self.app, self.door, self.event_of, self.trusted_hops = app, door, event_of, trusted_hops
-        self.upload_root = Path(upload_root).resolve()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        limit = self.door.limits.body_bytes
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        declared = headers.get("content-length", "")
-        path = scope["path"].rstrip("/")
-        caller = caller_key((scope.get("client") or (None,))[0], headers, self.trusted_hops)
-        if path.endswith("/gradio_api/upload"):  # files: Gradio caps each as it streams; the door counts them
-            return await self._upload(scope, receive, send, caller, declared)
-        if "/stream/" in path:  # no event of ours streams: nothing may swap a queued job's arguments
-            return await _answer(send, 404, "This server has no streaming events.")
-        if declared.isdigit() and int(declared) > limit:
-            return await _answer(send, 413, f"A request may carry at most {limit // 1024} KB.")
-        body = b""
-        more = True
-        while more:  # read it all, but never more than the cap (a chunked body has no length up front)
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > limit:
-                return await _answer(send, 413, f"A request may carry at most {limit // 1024} KB.")
-        payload = _json(body)
-        event = self._event(path, payload) if scope["method"] == "POST" else None
-        data = payload.get("data", payload if "/call/v2/" in path else None)
-        try:
-            if isinstance(payload.get("session_hash"), str):  # any route that would make a page session
-                self.door.take_session(caller, payload["session_hash"])
-            if event is not None:
-                self.uploads_only(payload)
-                self.door.admit(caller, event, data)
-        except Refused as refusal:
-            return await _answer(send, 422, [{"__type__": "validate", "is_valid": False,
-                                              "message": str(refusal), "parameter_name": "request"}])
-        sent, withdrawn = False, False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        def withdraw() -> None:  # Gradio refused the join: the job never queued
-            nonlocal withdrawn
-            if event is not None and not withdrawn:
-                withdrawn = True
-                self.door.withdraw(caller, event, data)
-
-        started = False
-
-        async def watch(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                if message["status"] != 200:
-                    withdraw()  # before the caller hears of it, so its next request already sees the place free
-            await send(message)
-
-        try:
-            return await self.app(scope, replay, watch)
-        finally:
-            if not started:  # no answer at all (the app failed): the job never queued either
-                withdraw()
-
-    async def _upload(self, scope, receive, send, caller: str, declared: str):
-        if not declared.isdigit():
-            return await _answer(send, 411, "An upload must declare its length.")
-        try:
-            entry = self.door.take_upload(caller, int(declared))
-        except Refused as refusal:
-            return await _answer(send, 429, str(refusal))
-        received = 0
-
-        async def counted():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            return message
-
-        try:
-            return await self.app(scope, counted, send)
-        finally:
-            self.door.settle_upload(entry, received)
-
-    def uploads_only(self, payload: dict) -> None:
-        """Refuse a job whose file arguments are not files uploaded here (a URL, a data: URL, a server path):
-        Gradio would download or copy them, or answer with its own message naming the server's folders."""
-        stack: list = [payload]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, dict):
-                path = item.get("path")
-                if isinstance(path, str) and not self._uploaded(path):
-                    raise Refused(ONLY_UPLOADS)
-                stack.extend(item.values())
-            elif isinstance(item, list):
-                stack.extend(item)
-
-    def _uploaded(self, path: str) -> bool:
-        if "://" in path or path.startswith("data:"):
-            return False
-        return Path(os.path.abspath(path)).resolve().is_relative_to(self.upload_root)
-
-    def _event(self, path: str, payload: dict) -> str | None:
-        """The event a request joins the queue for (None: not a join). The page joins with a function index in
-        the body; a script's POST /call/<api_name> (Gradio's simple REST API) names it in the path."""
-        if path.endswith("/queue/join"):
-            return self.event_of(payload.get("fn_index"))
-        named = CALL_ROUTE.search(path)
-        return None if named is None else (named.group(1) if named.group(1) in EVENTS else INTERNAL)
-
-
-def _json(body: bytes) -> dict:
-    """A request body's JSON object; {} when it is none (Gradio answers a malformed request itself)."""
-    try:
-        payload = json.loads(body or b"{}")
-    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
-        return {}
-    return payload if isinstance(payload, dict) else {}
-
-
-async def _answer(send, status: int, detail) -> None:
-    payload = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": payload})

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from space.categories import ID_PATTERN, CategoryLimits, CategoryStore
+from space.categories import ID_PATTERN, CategoryLimits, CategoryStore, MemoryCategories
+from space.kept_categories import KeptCategories
 from space.render import evidence
 from xai.backbone import MissingWeightsError
 from xai.bundle import BundleError, load
@@ -51,10 +52,11 @@ class Catalogue:
     def __init__(self, categories: CategoryLimits | None = None, category_dir: str | Path | None = None):
         self.inspectors: dict[str, Inspector] = {}
         self.failures: dict[str, str] = {}
-        self.made = CategoryStore(categories, category_dir, load=self.load_bundle)
+        self.made: CategoryStore = (MemoryCategories(categories) if category_dir is None
+                                    else KeptCategories(categories, category_dir, load=self.load_bundle))
         self._trunks: dict[str, object] = {}  # trunk name -> the one loaded
         # one slow explanation at a time, whatever the number of explanation workers: the others stay free for
-        # fast methods (four SHAP requests once made another visitor's anomaly map wait 52.9 s)
+        # fast methods, so another visitor's anomaly map never waits behind a queue of SHAP runs
         self.slow_lane = threading.Semaphore(1)
         self._trunk_lock = threading.Lock()
 

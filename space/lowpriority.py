@@ -2,9 +2,9 @@
 that /detect and /explain keep their speed while it runs.
 
 Linux gives every thread its own nice value, and the worker threads the thread's OpenMP and BLAS calls start
-inherit it, so the work gets only the CPU time that requests leave over. Measured on the 2-core machine: a matrix
-product loop took 1.06 s beside a normal-priority busy thread and 0.37 s beside a niced one (0.31-0.63 s alone).
-A fresh thread each time: a pooled worker thread would keep its low priority for the requests it serves next.
+inherit it, so the work gets only the CPU time that requests leave over (docs/serving-in-public.md has the
+measurement). A fresh thread each time: a pooled worker thread would keep its low priority for the requests it
+serves next.
 """
 
 from __future__ import annotations

@@ -69,9 +69,8 @@ class OutputFolder:
 class CacheSweeper:
     """Deletes files older than `age_s` under `folders` every `every_s` seconds, in a daemon thread, and then the
     oldest first while all of them together hold more than `max_bytes`: every upload and every returned picture
-    lands in Gradio's cache and nothing else removes it. (Gradio's own delete_cache iterates a set that requests
-    are adding to, and its task dies at the first collision: "Set changed size during iteration", seen in the
-    soak run.)"""
+    lands in Gradio's cache and nothing else removes it (Gradio's own delete_cache iterates a set that requests
+    are adding to, so it does not survive concurrent uploads)."""
 
     def __init__(self, folders: list[str | os.PathLike], every_s: float, age_s: float,
                  max_bytes: int | None = None):

@@ -14,7 +14,8 @@ from pathlib import Path
 from space.categories import BUNDLE, PICTURES
 from space.lowpriority import run_low_priority
 from space.uploads import gather
-from training.cli import Cancelled, run_errors, stop_when
+from training.cli import run_errors
+from training.jobs import Cancelled, stop_when
 from training.part import fit_part, train_part, training_estimate_s
 from training.publish import publish
 from xai.errors import UserError

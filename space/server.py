@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 import gradio as gr
 from starlette.middleware import Middleware
 
-from space.admission import EVENTS, INTERNAL, AdmissionMiddleware, Door
+from space.admission import EVENTS, INTERNAL, Door
+from space.admission_middleware import AdmissionMiddleware
 from space.catalogue import Catalogue
 from space.components import demo_cache_folder
 from space.handlers import Handlers

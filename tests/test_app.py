@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import urllib.request
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -134,6 +137,20 @@ def test_every_bad_upload_has_its_message_in_process(catalogue, part, tmp_path):
         bad.write_bytes(payload)
         with pytest.raises(ImageInputError, match=message):
             catalogue.detect(bad, "binary")
+
+
+API_INFO = Path(__file__).with_name("api_info.json")  # GET /gradio_api/info as gradio_client users rely on it
+
+
+def test_public_api_keeps_its_names_and_schemas(serve):
+    """The named endpoints, their parameters (names, types, defaults, components) and returns are exactly those
+    checked in (tests/api_info.json), but for Gradio's per-run values (the server's address, and the names it makes
+    up for unlabelled outputs from a process-wide component count): scripts written against the API keep working.
+    After a deliberate change to the API, write the new JSON there with those values replaced the same way."""
+    with serve(Catalogue()) as (url, _):
+        with urllib.request.urlopen(f"{url}/gradio_api/info") as answer:
+            text = answer.read().decode().replace(url, "{url}")
+    assert json.loads(re.sub(r'"value_\d+"', '"value_{id}"', text)) == json.loads(API_INFO.read_text())
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 
-from space.categories import CategoryGone, CategoryLimits, CategoryStore, ServerFull
+from space.categories import CategoryGone, CategoryLimits, CategoryStore, MemoryCategories, ServerFull
+from space.kept_categories import KeptCategories
 from space.uploads import UploadError, gather
 
 
@@ -30,7 +31,7 @@ def _fitted(store: CategoryStore, owner: str = "a", name: str = "part") -> str:
 
 def test_ids_are_unguessable_and_a_category_expires_with_its_files(tmp_path):
     clock = Clock()
-    store = CategoryStore(CategoryLimits(ttl_s=60), clock=clock)
+    store = MemoryCategories(CategoryLimits(ttl_s=60), clock=clock)
     ids = {_fitted(store, owner=str(i)) for i in range(3)}
     assert len(ids) == 3 and all(len(cid) == 22 for cid in ids)
     cid = next(iter(ids))
@@ -48,7 +49,7 @@ def test_a_full_server_refuses_a_new_category_until_one_is_idle_and_says_so():
     """Two visitors' categories in use fill the server: a third visitor's fit is refused up front with the wait,
     never taking theirs; once nobody has used one for idle_s, the least recently used of those makes room."""
     clock = Clock()
-    store = CategoryStore(CategoryLimits(capacity=2, per_caller=5, idle_s=600), clock=clock)
+    store = MemoryCategories(CategoryLimits(capacity=2, per_caller=5, idle_s=600), clock=clock)
     first, second = _fitted(store, "a"), _fitted(store, "b")
     clock.now += 300
     store.get(first)  # now the second is the least recently used
@@ -70,7 +71,7 @@ def test_a_full_server_refuses_a_new_category_until_one_is_idle_and_says_so():
 
 
 def test_one_caller_cannot_flush_everyone_elses_categories():
-    store = CategoryStore(CategoryLimits(capacity=5, per_caller=2), clock=Clock())
+    store = MemoryCategories(CategoryLimits(capacity=5, per_caller=2), clock=Clock())
     other = _fitted(store, "victim")
     mine = [_fitted(store, "flooder") for _ in range(6)]
     held = {c.id for c in store.held()}
@@ -83,7 +84,7 @@ def test_three_busy_callers_cannot_flush_the_other_visitors_categories():
     """Four visitors hold one category each; three callers then make three each (8 held at most): the visitors'
     categories stay, the busy callers make room among themselves."""
     clock = Clock()
-    store = CategoryStore(CategoryLimits(capacity=8, per_caller=3), clock=clock)
+    store = MemoryCategories(CategoryLimits(capacity=8, per_caller=3), clock=clock)
     visitors = [_fitted(store, f"visitor{i}") for i in range(4)]
     for round_ in range(3):
         for caller in ("x", "y", "z"):
@@ -97,7 +98,7 @@ def test_three_busy_callers_cannot_flush_the_other_visitors_categories():
 
 def test_a_category_folder_persists_and_loads_again_with_its_maker(tmp_path):
     loads = []
-    store = CategoryStore(CategoryLimits(capacity=1), folder=tmp_path, load=lambda b: loads.append(b) or "reloaded")
+    store = KeptCategories(CategoryLimits(capacity=1), folder=tmp_path, load=lambda b: loads.append(b) or "reloaded")
     first = _fitted(store, "a", "bolt")
     second = _fitted(store, "b", "nut")  # over the cap: the first is unloaded, not deleted
     assert store.get(second).expires_at is None and (tmp_path / first / "bundle" / "bundle.json").is_file()
@@ -105,7 +106,7 @@ def test_a_category_folder_persists_and_loads_again_with_its_maker(tmp_path):
     assert store.shared() == {}  # ids are not listed to strangers unless the operator says so
     again = store.get(first)
     assert again.inspector == "reloaded" and again.owner == "a" and loads == [tmp_path / first / "bundle"]
-    restarted = CategoryStore(CategoryLimits(list_kept=True), folder=tmp_path, load=lambda b: "from disk")
+    restarted = KeptCategories(CategoryLimits(list_kept=True), folder=tmp_path, load=lambda b: "from disk")
     assert restarted.shared() == {first: "bolt", second: "nut"}
     assert restarted.get(second).inspector == "from disk" and restarted.get(second).owner == "b"
 
@@ -116,7 +117,7 @@ def test_loading_a_kept_category_holds_up_nobody_else(tmp_path):
     import time
 
     gate = threading.Event()
-    store = CategoryStore(CategoryLimits(capacity=2), folder=tmp_path, load=lambda b: gate.wait(30) and "slow")
+    store = KeptCategories(CategoryLimits(capacity=2), folder=tmp_path, load=lambda b: gate.wait(30) and "slow")
     slow, busy = _fitted(store, "a", "slow"), _fitted(store, "b", "busy")
     store._drop(slow, "test")  # unloaded, still kept
     loading = threading.Thread(target=store.get, args=(slow,))
@@ -131,7 +132,7 @@ def test_loading_a_kept_category_holds_up_nobody_else(tmp_path):
 
 def test_kept_categories_over_budget_lose_the_least_recently_used_with_a_warning(tmp_path, caplog):
     clock = Clock()
-    store = CategoryStore(CategoryLimits(capacity=8, max_kept=3), folder=tmp_path, clock=clock)
+    store = KeptCategories(CategoryLimits(capacity=8, max_kept=3), folder=tmp_path, clock=clock)
     made = []
     for i in range(3):
         clock.now += 100
@@ -145,14 +146,14 @@ def test_kept_categories_over_budget_lose_the_least_recently_used_with_a_warning
     assert "over its budget" in caplog.text and made[1] in caplog.text
     with pytest.raises(CategoryGone, match="least recently used"):
         store.get(made[1])
-    big = CategoryStore(CategoryLimits(max_kept_bytes=1), folder=tmp_path, clock=clock)  # a byte budget
+    big = KeptCategories(CategoryLimits(max_kept_bytes=1), folder=tmp_path, clock=clock)  # a byte budget
     clock.now += 100
     only = _fitted(big, "c", "p4")
     assert set(big.kept()) == {only}  # every older one went; the one just made stays
 
 
 def test_download_is_the_bundle_at_the_zip_root():
-    store = CategoryStore(clock=Clock())
+    store = MemoryCategories(clock=Clock())
     cid = _fitted(store)
     (store.get(cid).pictures / "000_a.png").write_bytes(b"not part of the bundle")
     with zipfile.ZipFile(store.archive(cid)) as archive:

@@ -346,6 +346,29 @@ def test_caller_rate_refills_and_forgets():
     rate.take("a")  # one token back after every_s
 
 
+def test_the_doors_rules_need_no_server(tmp_path):
+    """The table, the per-caller counts and the file rule are plain Python: no ASGI, no Gradio."""
+    from space.admission import Door, Refused, only_uploaded
+
+    now = [0.0]
+    door = Door(clock=lambda: now[0])
+    per_caller = door.limits.rule("detect").per_caller
+    for _ in range(per_caller):
+        door.admit("a", "detect", [None, "bottle"])
+    with pytest.raises(Refused, match="queued or running"):
+        door.admit("a", "detect", [None, "bottle"])
+    door.admit("b", "detect", [None, "bottle"])  # another caller has their own count
+    with door.running("a", "detect", [None, "bottle"]):
+        assert door.pending("a") == per_caller
+    assert door.pending("a") == per_caller - 1  # the job that ran is forgotten when it ends
+    with pytest.raises(Refused, match="no such event"):
+        door.admit("a", "not_an_event")
+    only_uploaded({"data": [{"path": str(tmp_path / "part.png")}]}, tmp_path)
+    for outside in ("https://example.com/a.png", "data:image/png;base64,AA", "/etc/passwd"):
+        with pytest.raises(Refused, match="Only files uploaded"):
+            only_uploaded({"data": [{"path": outside}]}, tmp_path)
+
+
 def test_a_part_name_carries_no_markup_into_the_card_or_the_bundle():
     from space.parts import clean_name
     from training.card import render_card
