@@ -83,7 +83,7 @@ def test_a_picture_that_is_not_one_is_named_in_the_error(pictures, tmp_path, tru
 
 @pytest.mark.slow
 def test_training_reports_the_edge_control_and_stops_when_cancelled(pictures, tmp_path, trunk):
-    from training.cli import Cancelled, stop_when
+    from training.jobs import Cancelled, stop_when
     from training.part import fit_part, train_part
     from xai.explainers import report_card_methods
 
@@ -253,7 +253,7 @@ def test_a_fit_that_runs_past_its_time_budget_is_stopped(tmp_path, pictures, mon
     from space import parts as parts_module
     from space.catalogue import Catalogue
     from space.categories import CategoryLimits
-    from training.cli import progress
+    from training.jobs import progress
 
     steps = []
 
@@ -278,7 +278,7 @@ def test_a_script_cancels_the_training_of_a_category_it_made(server, pictures, m
     from gradio_client import handle_file
 
     from space import parts as parts_module
-    from training.cli import progress
+    from training.jobs import progress
 
     def endless_training(*args, **kwargs):
         for _ in progress(range(100_000), "train cnn", unit="epoch"):

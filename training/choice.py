@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from training.anomalies import SUBTLE
-from training.cli import load_sample_image, progress
+from training.cli import load_sample_image
 from training.data import Sample
+from training.jobs import progress
 from xai.backbone import TRUNKS, Trunk, normalise, resize_rgb
 from xai.false_alarms import share_below
 from xai.metrics import auroc

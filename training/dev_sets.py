@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.cli import progress, run
+from training.cli import run
 from training.data import DataError, load_dataset
+from training.jobs import progress
 
 
 def _window(rng: np.random.Generator, size: tuple[int, int], crop: tuple[int, int],

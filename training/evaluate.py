@@ -21,8 +21,9 @@ from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
 from training.card import write_card
-from training.cli import progress, run
+from training.cli import run
 from training.data import LAYOUTS, DataError, Dataset, load_dataset
+from training.jobs import progress
 from xai.bundle import read_bundle_meta, save_examples, write_meta
 from xai.inspector import Inspector
 from xai.metrics import aupro, auroc, binary_report, f1_max, pointing_game

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from training.card import write_card
-from training.cli import progress, run
+from training.cli import run
 from training.data import LAYOUTS, DataError, Dataset, load_dataset
 from training.evaluate import apply_split, load_mask
+from training.jobs import progress
 from xai import explanation_quality
 from xai.bundle import read_meta, write_meta
 from xai.explanation_quality import Case

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from training.cli import progress
 from training.data import Sample
 from training.features import image_batches
+from training.jobs import progress
 from xai.backbone import TRUNKS, normalise
 from xai.bundle import read_meta, write_meta
 from xai.explainers.base import Classifier, ExplainContext

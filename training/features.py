@@ -7,8 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from training.cli import load_sample_image, progress
+from training.cli import load_sample_image
 from training.data import Sample
+from training.jobs import progress
 from xai.backbone import resize_rgb
 
 # a picture's model shape (h, w) from its (width, height), e.g. PatchCore.input_shape

@@ -29,9 +29,10 @@ from training.bundle_meta import describe
 from training.calibration import calibrate, synthetic_per_image
 from training.card import write_card
 from training.choice import choose_settings
-from training.cli import progress, relative_name, run, training_parser
+from training.cli import relative_name, run, training_parser
 from training.data import DataError, Dataset, Sample, input_size_for, list_images, load_dataset
 from training.features import image_batches
+from training.jobs import progress
 from training.score_model import fit_score_model
 from xai.backbone import TRUNKS, Trunk, create_trunk, normalise
 from xai.bundle import RETRIEVAL_DIR, save_patchcore, save_tensors, thumbnail_name

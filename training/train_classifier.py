@@ -26,10 +26,11 @@ from sklearn.metrics import f1_score
 from training.anomalies import photometric_jitter, synthesize
 from training.bundle_meta import describe
 from training.card import write_card
-from training.cli import progress, run, training_parser
+from training.cli import run, training_parser
 from training.data import DataError, Dataset, Sample, input_size_for, load_dataset, stratified_split
 from training.feature_visualisation import visualise_head
 from training.features import image_batches
+from training.jobs import progress
 from xai.backbone import TRUNKS, create_imagenet_model, normalise
 from xai.bundle import save_head
 from xai.heads import HEAD_INPUT_STAGE, HeadConfig, create_head
