@@ -200,7 +200,7 @@ class Catalogue:
         """The category's stored evaluation as two tables (rows of cells): detection per component, and
         explanation quality per method. Empty tables when the bundle has not been evaluated."""
         try:
-            metrics = self.get(category).bundle.meta.get("metrics", {})
+            metrics = self.get(category).bundle.metadata.metrics or {}
         except UserError:  # no category, an unknown one, or one made here that has gone
             metrics = {}
         detection = [[name, *(m.get(k) for k in DETECTION_COLUMNS[1:])]
@@ -249,8 +249,8 @@ class Catalogue:
         return {
             "categories": {name: {"source": public_source(ins.bundle.source), "components": ins.bundle.components(),
                                   "labels": ins.labels, "methods": ins.methods(),
-                                  "data": ins.bundle.meta.get("data", {}),
-                                  "metrics": ins.bundle.meta.get("metrics", {}),
+                                  "data": ins.bundle.metadata.data or {},
+                                  "metrics": ins.bundle.metadata.metrics or {},
                                   "detector_settings": _chosen_settings(ins),
                                   "sensitivity": ins.sensitivity(),
                                   "feature_visualisation": ({"caption": LEARNED_CAPTION, **_learned_facts(ins)}
@@ -269,13 +269,14 @@ def _chosen_settings(inspector: Inspector) -> dict | None:
     if inspector.patchcore is None:
         return None
     cfg = inspector.patchcore.config
-    choice = inspector.bundle.meta.get("components", {}).get("patchcore", {}).get("choice")
+    choice = inspector.bundle.metadata.patchcore.choice
     return {"short_side": cfg.short_side, "enlarge": cfg.enlarge, "sigma": cfg.sigma,
             "choice": choice if isinstance(choice, dict) else None}
 
 
 def _learned_facts(inspector: Inspector) -> dict:
-    facts = inspector.bundle.meta.get("components", {}).get("classifier_cnn", {}).get("feature_visualisation")
+    head = inspector.bundle.metadata.head("classifier_cnn")
+    facts = None if head is None else head.feature_visualisation
     return facts if isinstance(facts, dict) else {}
 
 

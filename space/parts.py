@@ -104,11 +104,11 @@ class Parts:
             raise
         finally:
             shutil.rmtree(folder / "defects", ignore_errors=True)  # used once, for the report card
-        meta = category.inspector.bundle.meta["components"]["patchcore"]
+        detector = category.inspector.bundle.metadata.patchcore
         return {"category": cid, "name": name, "n_images": len(pictures), "n_defects": len(bad),
-                "threshold": round(float(meta["threshold"]), 6), "seconds": round(time.perf_counter() - start, 2),
+                "threshold": round(float(detector.threshold), 6), "seconds": round(time.perf_counter() - start, 2),
                 "report": card, "expires_at": _iso(category.expires_at),
-                "train_estimate_s": training_estimate_s(meta["fit"]["features_s"])}
+                "train_estimate_s": training_estimate_s(detector.fit["features_s"])}
 
     def _fit_in_time(self, pictures: list[Path], bundle: Path, name: str, defects: list[Path]) -> dict:
         """training.part.fit_part at low priority, stopped at its next step once it has run max_fit_s."""

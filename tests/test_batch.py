@@ -20,6 +20,7 @@ from training import inspect as inspect_cli
 from training.batch.results import MAP_SCALE, ResultsFolder, columns, frame
 from training.batch.sources import list_inputs
 from training.cli import run
+from xai.bundle_meta import BundleMeta
 
 
 @pytest.fixture(scope="module")
@@ -392,11 +393,11 @@ def test_the_reports_review_queue_lists_the_pictures_nearest_the_threshold_first
              "score_patchcore": score, "ms": 1.0, "error": ""} for path, score in scores.items()]
     rows.append({"path": "broken.png", "error": "cannot read it (OSError)"})
     table = frame(rows, columns(["patchcore"], labelled=False))
-    page = write_report(tmp_path, table, "bundles/weave", {"category": "weave"}, top=0, queue=3).read_text()
+    page = write_report(tmp_path, table, "bundles/weave", BundleMeta(category="weave"), top=0, queue=3).read_text()
     queue = page.split("<h2>Review queue")[1].split("</table>")[0]
     assert re.findall(r"<td>([\w-]+\.png)</td>", queue) == ["nearest-below.png", "near-above.png", "mid.png"]
     assert "<td>-2.0%</td><td>good</td>" in queue and "<td>+5.0%</td><td>defect</td>" in queue
     assert "--feedback FILE.csv" in queue
-    default = write_report(tmp_path, table, "bundles/weave", {"category": "weave"}, top=0).read_text()
+    default = write_report(tmp_path, table, "bundles/weave", BundleMeta(category="weave"), top=0).read_text()
     assert "the 5 nearest the threshold" in default  # every readable picture, up to 20
-    assert "Review queue" not in write_report(tmp_path, table, "b", {}, top=0, queue=0).read_text()
+    assert "Review queue" not in write_report(tmp_path, table, "b", BundleMeta(), top=0, queue=0).read_text()

@@ -11,7 +11,7 @@ import torch
 from synthetic import add_defect, texture, write_imagefolder
 from training import evaluate, train_classifier
 from training.cli import run
-from xai.bundle import load, load_head
+from xai.bundle import load, load_head, read_meta
 from xai.heads import HeadConfig, ViTHead, create_head
 from xai.inspector import Inspector
 
@@ -49,7 +49,7 @@ def test_heads_reload_bit_exactly(classifier_bundle):
     for component in ("classifier_cnn", "classifier_vit"):
         a, b = load_head(bundle, component), load_head(bundle, component)
         assert torch.equal(a(x), b(x))
-        assert bundle.meta["components"][component]["training"]["best_epoch"] >= 1
+        assert read_meta(bundle.path)["components"][component]["training"]["best_epoch"] >= 1
     assert (classifier_bundle / "split.json").is_file()
 
 

@@ -134,14 +134,15 @@ def test_benchmark_detector_fits_the_plain_patchcore_as_its_baseline(texture_dat
     """`--baseline plain`: the stride-8 and stride-16 stages concatenated raw, every patch in the bank, no border
     factors (the reference the defaults are measured against); `--set` still applies on top of it."""
     from training import benchmark_detector
-    from xai.bundle import load
+    from xai.bundle import load, read_meta
     from xai.inspector import Inspector
 
     out = tmp_path / "plain.json"
     assert run(benchmark_detector.main, ["--data", str(texture_data), "--json", str(out), "--out",
                                          str(tmp_path / "b"), "--baseline", "plain", "--set", "short_side=224"]) == 0
     bundle = load(tmp_path / "b" / "weave")
-    config, facts = bundle.meta["components"]["patchcore"]["config"], bundle.meta["components"]["patchcore"]["fit"]
+    stored = read_meta(bundle.path)["components"]["patchcore"]
+    config, facts = stored["config"], stored["fit"]
     assert config["layers"] == [2, 4] and config["colour_window"] == 0 and config["short_side"] == 224
     assert facts["bank_size"] == facts["n_patches"]  # no coreset
     patchcore = Inspector(bundle).patchcore

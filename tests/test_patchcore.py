@@ -8,7 +8,7 @@ import torch
 
 from synthetic import add_defect, faint_blotch, on_defect, texture, thin_line
 from training.calibration import FALSE_ALARM_TARGET, balanced_accuracy_threshold, calibrate, operating_point
-from xai.bundle import load, load_patchcore
+from xai.bundle import load, load_patchcore, read_meta
 from xai.inspector import Inspector
 from xai.patchcore import PatchCore, PatchCoreConfig, gaussian_blur
 
@@ -56,7 +56,7 @@ def test_bundle_reloads_bit_exactly(texture_bundle, inspector):
     first = inspector.detect(image)
     assert again.score == first.score
     np.testing.assert_array_equal(again.anomaly_map, first.anomaly_map)
-    meta = bundle.meta
+    meta = read_meta(bundle.path)
     assert {"patchcore.safetensors", "patchcore.faiss", "bundle.json", "README.md"} <= {
         p.name for p in texture_bundle.iterdir()}
     assert meta["components"]["patchcore"]["threshold"] == meta["thresholds"]["patchcore"]
@@ -65,7 +65,7 @@ def test_bundle_reloads_bit_exactly(texture_bundle, inspector):
 
 
 def test_threshold_follows_the_documented_rule(texture_bundle):
-    comp = load(texture_bundle).meta["components"]["patchcore"]
+    comp = read_meta(texture_bundle)["components"]["patchcore"]
     cal = comp["calibration"]
     good, synthetic = np.array(cal["good_scores"]), np.array(cal["synthetic_scores"])
     assert cal["n_images"] == len(good) >= 3 and cal["n_synthetic"] == len(synthetic) == 4 * len(good)
@@ -122,7 +122,7 @@ def test_calibration_images_never_enter_the_bank_that_scores_them(texture_bundle
     from training.fit_patchcore import fit
     from xai.patchcore import PatchCoreConfig
 
-    comp = load(texture_bundle).meta["components"]["patchcore"]  # 14 pictures: cross-fitted, all in the final bank
+    comp = read_meta(texture_bundle)["components"]["patchcore"]  # 14 pictures: cross-fitted, all in the final bank
     assert comp["calibration"]["method"] == "cross_fit" and comp["calibration"]["folds"] == 5
     assert set(comp["calibration"]["images"]) == set(comp["bank_images"]) and len(comp["bank_images"]) == 14
     dataset = load_dataset("mvtec", texture_data)

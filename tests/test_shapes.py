@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from synthetic import add_defect, on_defect, texture, write_mvtec_folder
-from xai.bundle import load
+from xai.bundle import load, read_meta
 from xai.inspector import Inspector
 from xai.patchcore import BORDER_RINGS, TRUNK_STRIDE, PatchCore, PatchCoreConfig, ring_index
 
@@ -65,7 +65,7 @@ def test_good_borders_are_not_anomalous(texture_bundle, trunk):
     """On a textured part whose border is ordinary surface, good pictures' maps are not highest along the rim,
     and a defect away from the border holds the maximum."""
     inspector = Inspector(load(texture_bundle), trunk)
-    scale = load(texture_bundle).meta["components"]["patchcore"]["border_scale"]
+    scale = read_meta(texture_bundle)["components"]["patchcore"]["border_scale"]
     assert len(scale) == BORDER_RINGS and all(0 < f <= 1 for f in scale)
     rng = np.random.default_rng(5)
     ratios = []

@@ -13,17 +13,17 @@ from xai.io import PICTURE_SUFFIXES
 
 NORMAL_NAMES = frozenset({"good", "ok", "normal", "negative", "free"})  # and any name starting with no_
 LAYOUTS = ("mvtec", "imagefolder", "elpv")
-# Model input side per layout. Solar-cell cracks are a few pixels wide in 300 px cells; at 320 px the CNN head's
-# validation AUROC was 0.947 against 0.927 at 224 (8 epochs each), for 1.5x the time per image.
+# Model input side per layout: solar-cell cracks are a few pixels wide, so ELPV's heads see 320 px
+# (docs/benchmarks.md has the comparison with 224).
 INPUT_SIZES = {"mvtec": 224, "imagefolder": 224, "elpv": 320}
 
 
 def input_size_for(layout: str, bundle: Path | None = None) -> int:
     """The size a new component is trained at: the bundle's recorded size when it has one (components of one
     bundle share it), else the layout's default."""
-    from xai.bundle import read_meta
+    from xai.bundle import read_bundle_meta
 
-    recorded = read_meta(Path(bundle)).get("preprocessing", {}).get("input_size") if bundle is not None else None
+    recorded = read_bundle_meta(Path(bundle)).input_size if bundle is not None else None
     return int(recorded) if recorded else INPUT_SIZES.get(layout, 224)
 
 

@@ -22,7 +22,7 @@ from training.data import LAYOUTS, DataError, Dataset, load_dataset
 from training.evaluate import apply_split, load_mask
 from training.jobs import progress
 from xai import explanation_quality
-from xai.bundle import read_meta, write_meta
+from xai.bundle import read_bundle_meta, write_meta
 from xai.explanation_quality import Case
 from xai.inspector import Inspector
 from xai.io import load_image
@@ -64,8 +64,8 @@ def explain_into(bundle: str | Path, dataset: Dataset, methods: list[str] | None
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
     if store and Path(bundle).is_dir():
-        meta = read_meta(inspector.bundle.path)
-        meta.setdefault("metrics", {})["explanations"] = result
+        meta = read_bundle_meta(inspector.bundle.path)
+        meta.metrics = {**(meta.metrics or {}), "explanations": result}
         write_meta(inspector.bundle.path, meta)
         write_card(inspector.bundle.path)
     return result

@@ -18,7 +18,7 @@ from training.data import Sample
 from training.features import image_batches
 from training.jobs import progress
 from xai.backbone import TRUNKS, normalise
-from xai.bundle import read_meta, write_meta
+from xai.bundle import read_bundle_meta, write_meta
 from xai.explainers.base import Classifier, ExplainContext
 from xai.explainers.cam import CAM
 from xai.feature_visualisation import strongest_cells, visualise_class
@@ -51,8 +51,8 @@ def visualise_head(out: Path, component: str, head, trunk, labels: list[str], no
              "steps": STEPS, "seconds": round(seconds, 1),
              "patches": [{"picture": Path(s.path).name, "box": box, "evidence": round(v, 4)}
                          for s, box, v, _ in patches]}
-    meta = read_meta(out)
-    meta["components"][component]["feature_visualisation"] = facts
+    meta = read_bundle_meta(out)
+    meta.head(component).feature_visualisation = facts
     write_meta(out, meta)
     return facts
 

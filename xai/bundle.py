@@ -37,11 +37,6 @@ class Bundle:
     source: str = ""
 
     @property
-    def meta(self) -> dict:
-        """bundle.json as raw keys, for readers not yet on `metadata`: a copy, so a change to it is not kept."""
-        return self.metadata.to_json()
-
-    @property
     def category(self) -> str:
         return self.path.name if self.metadata.category is None else self.metadata.category
 

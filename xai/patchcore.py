@@ -18,21 +18,12 @@ from torch import nn
 
 from xai.coreset import kcenter_greedy, random_projection
 
-# Index choice. Exact (flat) search of one 224 px picture against bottle's 14,739-patch bank took 33-51 ms on
-# 2 cores (faiss's BLAS threshold at 20: the same, 36-53 ms; a torch matmul 80 ms), and it grows with the bank.
-# HNSW (M 32, efSearch 64) was fast but unsafe: on bottle one good picture's border patches lost their true
-# neighbours (score 1.09 instead of 0.35; image AUROC 1.000 -> 0.883). IVF-Flat with 4 sqrt(N) cells and 16
-# probes kept every score within 0.02 of exact (AUROC 1.000), since a query always searches the cells nearest to
-# it. 2 sqrt(N) cells with k-means on 39 points a cell search more of the bank per probe and rebuild 5x faster
-# (the index is rebuilt at load: 0.96 s for ELPV's 101,763 patches instead of 5.5 s). So: exact search for small
-# banks, IVF beyond; the process-wide BLAS threshold is left alone.
+# Exact search for small banks, IVF-Flat beyond (HNSW lost true neighbours; docs/benchmarks.md "How the bank is
+# searched" has the measurements); the process-wide BLAS threshold is left alone.
 FLAT_INDEX_MAX = 4096  # "auto" index: exact search up to this many bank vectors, IVF beyond
 IVF_PROBES_BEFORE = 16  # what bundles written before ivf_probes was a field were searched with
-# IVF's error is one-sided: a neighbour it misses makes a patch look further from the bank, never nearer. So the
-# patches that decide a picture's score (its farthest) are searched again with more probes, and the many near ones
-# keep the cheap search. 8 probes + this: the search ~1.8x faster than 16 probes, image scores nearer to exact
-# search, image AUROC unchanged (docs/benchmarks.md). 2 % of the patches covers a peak and its neighbours, which
-# the map's smoothing mixes into its maximum: 5 % was no more exact on bottle and tyre and took twice as long.
+# IVF's error is one-sided (a missed neighbour makes a patch look further, never nearer), so the patches that
+# decide a picture's score are searched again with more probes; the shares and probes: docs/benchmarks.md.
 REFINE_SHARE = 0.02  # each picture's patches with the largest approximate distances (at least REFINE_MIN) ...
 REFINE_MIN = 16
 REFINE_PROBES = 4  # ... are searched again with this many times the probes

@@ -15,6 +15,7 @@ from training.batch.results import PARTS, RESULTS
 from training.batch.sources import ZIP_SEP, read_picture
 from training.jobs import progress
 from xai.bundle import BUNDLE_JSON, load
+from xai.bundle_meta import BundleMeta
 from xai.errors import UserError
 
 FIT = "fit"  # --sensitivity fit: back to the fit's threshold
@@ -136,9 +137,9 @@ def _has_results(out: Path) -> bool:
     return (out / RESULTS).is_file() or any((out / PARTS).glob("*.parquet"))
 
 
-def _changes(meta: dict, rows: list[Feedback], sensitivity) -> bool:
+def _changes(meta: BundleMeta, rows: list[Feedback], sensitivity) -> bool:
     """Whether these reviews and sensitivity would change the bundle (read from its bundle.json alone)."""
-    stored = meta["components"]["patchcore"].get("reviews")
+    stored = meta.patchcore.reviews
     stored = stored if isinstance(stored, dict) else {}
     entries = stored.get("entries") if isinstance(stored.get("entries"), list) else []
     verdicts = {e.get("name"): e.get("verdict") for e in entries if isinstance(e, dict)}
@@ -202,8 +203,8 @@ def teach(source: str, feedback: Path | None, sensitivity, out: Path | None = No
 
     folder = local_bundle(source)
     rows = read_feedback(feedback) if feedback is not None else []
-    meta = load(folder).meta
-    if "patchcore" not in meta.get("components", {}):
+    meta = load(folder).metadata
+    if meta.patchcore is None:
         raise FeedbackError(f"{source} has no anomaly detector; reviews and the sensitivity teach the detector's "
                             "bank and threshold (training.fit_patchcore adds one).")
     if out is not None and _has_results(out) and _changes(meta, rows, sensitivity):

@@ -23,8 +23,8 @@ def inspect_into(bundle: str, spec: str, out: Path, engine: str = "local", batch
     from training.batch.report import write_report
 
     items = list_inputs(spec)
-    meta = load(bundle).meta
-    names = columns(list(meta["components"]), any(i.truth is not None for i in items))
+    meta = load(bundle).metadata
+    names = columns(list(meta.components), any(i.truth is not None for i in items))
     results = ResultsFolder(out)
     done = results.done()
     todo = [(i, item) for i, item in enumerate(items) if item.path not in done]

@@ -12,8 +12,8 @@ from training.batch.results import row_of
 from training.batch.sources import Item, read_picture
 from xai.io import ImageInputError
 
-# pictures per trunk forward: on a 2-core CPU the trunk's time per picture grows past 2 (26 ms at 1 and 2, 36 at 4,
-# 45 at 16 for a 320 x 320 view: the activations leave the cache); larger batches pay on machines with more cores
+# pictures per trunk forward: past 2 the activations leave a small CPU's cache (docs/benchmarks.md); larger batches
+# pay on machines with more cores
 DEFAULT_BATCH = 2
 
 OnDetection = Callable[[int, Item, object, Image.Image], None]  # (index, item, detection, picture)

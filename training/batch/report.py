@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from training.batch.sources import read_picture
+from xai.bundle_meta import BundleMeta
 from xai.metrics import auroc, binary_report, f1_max
 
 THUMB = 360  # px, the longer side of an overlay in the report
@@ -107,9 +108,9 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def taught(meta: dict) -> str:
+def taught(meta: BundleMeta) -> str:
     """What reviews have taught the bundle's detector, in a sentence (empty when nothing)."""
-    stored = meta.get("components", {}).get("patchcore", {}).get("reviews")
+    stored = None if meta.patchcore is None else meta.patchcore.reviews
     if not isinstance(stored, dict):
         return ""
     verdicts = [e.get("verdict") for e in stored.get("entries", []) if isinstance(e, dict)]
@@ -123,7 +124,7 @@ def taught(meta: dict) -> str:
     return f" Its detector has {' and '.join(said)}." if said else ""
 
 
-def write_report(out: Path, table, bundle: str, meta: dict, top: int = 12, run: dict | None = None,
+def write_report(out: Path, table, bundle: str, meta: BundleMeta, top: int = 12, run: dict | None = None,
                  queue: int | None = None) -> Path:
     """Write OUTDIR/report.html for the results `table` (a DataFrame) of `bundle`, its review queue `queue`
     pictures long (default QUEUE; 0: none); returns its path."""
@@ -134,7 +135,7 @@ def write_report(out: Path, table, bundle: str, meta: dict, top: int = 12, run: 
     defects = int(readable["is_defect"].fillna(False).sum())
     threshold = float(readable["threshold"].iloc[0]) if len(readable) else None
     rate = run.get("inspected", 0) / run["seconds"] if run.get("seconds") else None
-    parts = [f"<h1>defect-xai batch inspection: {e(str(meta.get('category', 'bundle')))}</h1>",
+    parts = [f"<h1>defect-xai batch inspection: {e(meta.category or 'bundle')}</h1>",
              f"<p>Bundle <code>{e(str(bundle))}</code>.{e(taught(meta))} {len(table)} pictures: "
              f"<b>{defects} defective</b>, "
              f"{len(readable) - defects} good, {len(errors)} could not be read.",
