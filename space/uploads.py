@@ -26,6 +26,9 @@ def _clean(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem)[-80:] or "picture"
 
 
+Plan = list[tuple[Path, list[zipfile.ZipInfo] | None]]  # each upload, with its picture members when a zip
+
+
 def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str = "good pictures",
            job: str = "fit") -> list[Path]:
     """Copy the pictures of `files` (paths; zips are expanded) into `dest`; UploadError past a cap or for a zip
@@ -38,26 +41,18 @@ def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str
     if len(files) > max_pictures:
         raise UploadError(f"Too many {what}: at most {max_pictures} in one {job}.")
     paths = list(dict.fromkeys(Path(f) for f in files))  # the same file listed twice counts once
-    plan: list[tuple[Path, list[zipfile.ZipInfo] | None]] = []
+    return _copy(_plan(paths, max_pictures, max_bytes, what, job), dest)
+
+
+def _plan(paths: list[Path], max_pictures: int, max_bytes: int, what: str, job: str) -> Plan:
+    """What to copy from each upload, refused at the first cap it passes (entries, pictures, bytes)."""
+    plan: Plan = []
     total = n_pictures = n_entries = 0
     for path in paths:
         if not path.is_file():
             raise UploadError(f"{_clean(path.name)} was not received.")
         if zipfile.is_zipfile(path):
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    infos = archive.infolist()
-            except ZIP_ERRORS:
-                raise UploadError(f"{_clean(path.name)} is not a readable zip file.") from None
-            n_entries += len(infos)
-            if n_entries > max_entries(max_pictures):
-                raise UploadError(f"The zip files hold more than {max_entries(max_pictures)} entries; send only "
-                                  f"the pictures (at most {max_pictures}).")
-            members = picture_members(infos)
-            for member in members:
-                if member.file_size > MAX_BYTES:
-                    raise UploadError(f"{_clean(path.name)}: {_clean(member.filename)} is larger than "
-                                      f"{MAX_BYTES // 2**20} MB.")
+            members, n_entries = _zip_members(path, n_entries, max_pictures)
             total += sum(m.file_size for m in members)
             n_pictures += len(members)
             plan.append((path, members))
@@ -71,6 +66,31 @@ def gather(files: list, dest: Path, max_pictures: int, max_bytes: int, what: str
             raise UploadError(f"The {what} add up to more than {max_bytes // 2**20} MB; send fewer or smaller ones.")
     if not n_pictures:
         raise UploadError(f"No {what} were found (send image files, or a zip of .png/.jpg files).")
+    return plan
+
+
+def _zip_members(path: Path, n_entries: int, max_pictures: int) -> tuple[list[zipfile.ZipInfo], int]:
+    """A zip's picture members and the entries counted so far with its own; refused past the entry cap or for a
+    member over MAX_BYTES."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except ZIP_ERRORS:
+        raise UploadError(f"{_clean(path.name)} is not a readable zip file.") from None
+    n_entries += len(infos)
+    if n_entries > max_entries(max_pictures):
+        raise UploadError(f"The zip files hold more than {max_entries(max_pictures)} entries; send only "
+                          f"the pictures (at most {max_pictures}).")
+    members = picture_members(infos)
+    for member in members:
+        if member.file_size > MAX_BYTES:
+            raise UploadError(f"{_clean(path.name)}: {_clean(member.filename)} is larger than "
+                              f"{MAX_BYTES // 2**20} MB.")
+    return members, n_entries
+
+
+def _copy(plan: Plan, dest: Path) -> list[Path]:
+    """The planned pictures copied into `dest`, numbered in order."""
     dest.mkdir(parents=True, exist_ok=True)
     copies: list[Path] = []
 

@@ -124,68 +124,98 @@ def taught(meta: BundleMeta) -> str:
     return f" Its detector has {' and '.join(said)}." if said else ""
 
 
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+         "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.grid{display:flex;"
+         "flex-wrap:wrap;gap:12px}figure{margin:0;width:360px}figure img{max-width:100%}"
+         "figcaption{font-size:12px;word-break:break-all}img{max-width:100%}")
+
+
 def write_report(out: Path, table, bundle: str, meta: BundleMeta, top: int = 12, run: dict | None = None,
                  queue: int | None = None) -> Path:
     """Write OUTDIR/report.html for the results `table` (a DataFrame) of `bundle`, its review queue `queue`
     pictures long (default QUEUE; 0: none); returns its path."""
-    e = html.escape
-    run = run or {}
     errors = table[table["error"].fillna("") != ""]
     readable = table[table["error"].fillna("") == ""]
-    defects = int(readable["is_defect"].fillna(False).sum())
     threshold = float(readable["threshold"].iloc[0]) if len(readable) else None
-    rate = run.get("inspected", 0) / run["seconds"] if run.get("seconds") else None
-    parts = [f"<h1>defect-xai batch inspection: {e(meta.category or 'bundle')}</h1>",
-             f"<p>Bundle <code>{e(str(bundle))}</code>.{e(taught(meta))} {len(table)} pictures: "
-             f"<b>{defects} defective</b>, "
-             f"{len(readable) - defects} good, {len(errors)} could not be read.",
-             (f" This run inspected {run.get('inspected', 0)} ({run.get('resumed', 0)} were already in the results) "
-              f"with the {e(str(run.get('engine')))} engine in {run.get('seconds', 0):.1f} s"
-              + (f" ({rate:.1f} pictures/s)." if rate else ".")) if run else "", "</p>"]
+    parts = [_summary(table, readable, errors, bundle, meta, run or {})]
     if len(readable):
         parts.append(f'<h2>Scores</h2><img alt="score histogram" src="data:image/png;base64,'
                      f'{histogram(readable, threshold)}">')
-    report = metrics(readable, threshold) if threshold is not None else None
-    if report:
-        parts.append(f"<h2>Against the folder's ground truth ({report['n']} pictures)</h2><table><tr>"
-                     + "".join(f"<th>{k}</th>" for k in ("image AUROC", "F1", "accuracy", "F1 max"))
-                     + "</tr><tr>" + "".join(f"<td>{_fmt(report[k])}</td>" for k in
-                                             ("image_auroc", "f1", "accuracy", "f1_max")) + "</tr></table>")
-        if report["per_type"]:
-            parts.append("<table><tr><th>defect type</th><th>pictures</th><th>image AUROC</th></tr>" + "".join(
-                f"<tr><td>{e(k)}</td><td>{v['n']}</td><td>{_fmt(v['image_auroc'])}</td></tr>"
-                for k, v in report["per_type"].items()) + "</table>")
-    nearest = review_queue(readable, QUEUE if queue is None else queue)
-    if len(nearest):
-        truth = "truth" in nearest and nearest["truth"].notna().any()
-        parts.append(
-            f"<h2>Review queue: the {len(nearest)} nearest the threshold</h2><p>The verdicts a small change would "
-            "flip, nearest first: the pictures to look at first. Teach the detector what you find with "
-            f"<code>python -m training.inspect --bundle {e(str(bundle))} --feedback FILE.csv</code> (a header "
-            "<code>path,verdict</code>, then one picture a line, <code>good</code> or <code>defect</code>).</p>"
-            "<table class='queue'><tr><th>picture</th><th>score</th><th>threshold</th><th>from the threshold</th>"
-            "<th>verdict</th>" + ("<th>truth</th>" if truth else "") + "</tr>" + "".join(
-                f"<tr><td>{e(str(r['path']))}</td><td>{r['score']:.4g}</td><td>{r['threshold']:.4g}</td>"
-                f"<td>{r['margin']:+.1%}</td><td>{_fmt(r['label'])}</td>"
-                + (f"<td>{_fmt(r['truth'])}</td>" if truth else "") + "</tr>"
-                for r in nearest.to_dict("records")) + "</table>")
-    shown = overlays(readable, bundle, top)
-    if shown:
-        parts.append(f"<h2>The {len(shown)} most anomalous</h2><div class='grid'>" + "".join(
-            f"<figure><img alt='overlay' src='data:image/jpeg;base64,{b64}'><figcaption>{e(row['path'])}<br>"
-            f"{_fmt(row['label'])} · score {row['score']:.4g} (threshold {row['threshold']:.4g})</figcaption></figure>"
-            for row, b64 in shown) + "</div>")
-    if len(errors):
-        parts.append("<h2>Could not be read</h2><table><tr><th>picture</th><th>why</th></tr>" + "".join(
-            f"<tr><td>{e(str(r['path']))}</td><td>{e(str(r['error']))}</td></tr>"
-            for r in errors.to_dict("records")) + "</table>")
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.grid{display:flex;"
-             "flex-wrap:wrap;gap:12px}figure{margin:0;width:360px}figure img{max-width:100%}"
-             "figcaption{font-size:12px;word-break:break-all}img{max-width:100%}")
+    parts += [_against_truth(readable, threshold), _queue(readable, bundle, QUEUE if queue is None else queue),
+              _most_anomalous(readable, bundle, top), _unreadable(errors)]
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>defect-xai report</title>"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{style}</style></head>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{STYLE}</style></head>"
             f"<body>{''.join(parts)}</body></html>")
     path = Path(out) / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _summary(table, readable, errors, bundle: str, meta: BundleMeta, run: dict) -> str:
+    """The heading and the counts, and what this run did."""
+    e = html.escape
+    defects = int(readable["is_defect"].fillna(False).sum())
+    rate = run.get("inspected", 0) / run["seconds"] if run.get("seconds") else None
+    return "".join([
+        f"<h1>defect-xai batch inspection: {e(meta.category or 'bundle')}</h1>",
+        f"<p>Bundle <code>{e(str(bundle))}</code>.{e(taught(meta))} {len(table)} pictures: "
+        f"<b>{defects} defective</b>, {len(readable) - defects} good, {len(errors)} could not be read.",
+        (f" This run inspected {run.get('inspected', 0)} ({run.get('resumed', 0)} were already in the results) "
+         f"with the {e(str(run.get('engine')))} engine in {run.get('seconds', 0):.1f} s"
+         + (f" ({rate:.1f} pictures/s)." if rate else ".")) if run else "", "</p>"])
+
+
+def _against_truth(readable, threshold: float | None) -> str:
+    """The figures against the folder's ground truth, overall and per defect type ("" without truth)."""
+    report = metrics(readable, threshold) if threshold is not None else None
+    if not report:
+        return ""
+    out = (f"<h2>Against the folder's ground truth ({report['n']} pictures)</h2><table><tr>"
+           + "".join(f"<th>{k}</th>" for k in ("image AUROC", "F1", "accuracy", "F1 max"))
+           + "</tr><tr>" + "".join(f"<td>{_fmt(report[k])}</td>" for k in
+                                   ("image_auroc", "f1", "accuracy", "f1_max")) + "</tr></table>")
+    if report["per_type"]:
+        out += ("<table><tr><th>defect type</th><th>pictures</th><th>image AUROC</th></tr>" + "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{v['n']}</td><td>{_fmt(v['image_auroc'])}</td></tr>"
+            for k, v in report["per_type"].items()) + "</table>")
+    return out
+
+
+def _queue(readable, bundle: str, length: int) -> str:
+    """The review queue: the `length` verdicts nearest the threshold, and how to teach the detector."""
+    e = html.escape
+    nearest = review_queue(readable, length)
+    if not len(nearest):
+        return ""
+    truth = "truth" in nearest and nearest["truth"].notna().any()
+    return (
+        f"<h2>Review queue: the {len(nearest)} nearest the threshold</h2><p>The verdicts a small change would "
+        "flip, nearest first: the pictures to look at first. Teach the detector what you find with "
+        f"<code>python -m training.inspect --bundle {e(str(bundle))} --feedback FILE.csv</code> (a header "
+        "<code>path,verdict</code>, then one picture a line, <code>good</code> or <code>defect</code>).</p>"
+        "<table class='queue'><tr><th>picture</th><th>score</th><th>threshold</th><th>from the threshold</th>"
+        "<th>verdict</th>" + ("<th>truth</th>" if truth else "") + "</tr>" + "".join(
+            f"<tr><td>{e(str(r['path']))}</td><td>{r['score']:.4g}</td><td>{r['threshold']:.4g}</td>"
+            f"<td>{r['margin']:+.1%}</td><td>{_fmt(r['label'])}</td>"
+            + (f"<td>{_fmt(r['truth'])}</td>" if truth else "") + "</tr>"
+            for r in nearest.to_dict("records")) + "</table>")
+
+
+def _most_anomalous(readable, bundle: str, top: int) -> str:
+    """The `top` highest scores' overlays ("" when none)."""
+    shown = overlays(readable, bundle, top)
+    if not shown:
+        return ""
+    return (f"<h2>The {len(shown)} most anomalous</h2><div class='grid'>" + "".join(
+        f"<figure><img alt='overlay' src='data:image/jpeg;base64,{b64}'><figcaption>{html.escape(row['path'])}"
+        f"<br>{_fmt(row['label'])} · score {row['score']:.4g} (threshold {row['threshold']:.4g})</figcaption>"
+        "</figure>" for row, b64 in shown) + "</div>")
+
+
+def _unreadable(errors) -> str:
+    """The pictures that could not be read, and why ("" when none)."""
+    if not len(errors):
+        return ""
+    return ("<h2>Could not be read</h2><table><tr><th>picture</th><th>why</th></tr>" + "".join(
+        f"<tr><td>{html.escape(str(r['path']))}</td><td>{html.escape(str(r['error']))}</td></tr>"
+        for r in errors.to_dict("records")) + "</table>")
