@@ -12,13 +12,16 @@ from torch import nn
 from synthetic import add_defect, texture
 from xai.backbone import preprocess
 from xai.bundle import load
-from xai.explainers import GRADIENT_METHODS, METHODS, ExplainContext, create_explainer
+from xai.explainers import METHODS, ExplainContext, create_explainer
 from xai.explainers.attention_rollout import rollout
 from xai.inspector import Inspector
 
 FAST = {"score_cam": {"channels": 32}, "smoothgrad": {"samples": 4, "batch": 4},
         "integrated_gradients": {"steps": 8, "batch": 8}, "occlusion": {"window": 56, "stride": 56},
         "shap": {"evaluations": 60, "batch": 30, "plot": True}}
+
+GRADIENT_METHODS = (  # the methods that backpropagate to the input
+    "gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients")
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ METHODS: dict[str, type[Explainer]] = {cls.name: cls for cls in (
     SHAP,
     SHAPFeatures,
 )}
-GRADIENT_METHODS = ("gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients")
 
 
 def slow_methods() -> list[str]:
@@ -57,5 +56,5 @@ def create_explainer(name: str, context: ExplainContext, **params) -> Explainer:
     return METHODS[name](context, **params)
 
 
-__all__ = ["METHODS", "GRADIENT_METHODS", "Classifier", "ExplainContext", "Explainer", "Explanation",
+__all__ = ["METHODS", "Classifier", "ExplainContext", "Explainer", "Explanation",
            "captions", "create_explainer", "report_card_methods", "slow_methods"]
